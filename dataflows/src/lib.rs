@@ -1,0 +1,23 @@
+//! Pure compute for stockflow: the trade model, cleaning, event time and bars, as plain
+//! functions and timely operators. Nothing here touches a network, a broker or an object
+//! store; the application shell (`stockflow`'s `src/`) wires those around it.
+#![deny(missing_docs)]
+
+pub mod bars;
+pub mod clean;
+pub mod memlog;
+pub mod pipeline;
+pub mod source;
+pub mod time;
+pub mod trade;
+
+pub use bars::{Bar, BarAcc};
+pub use clean::{Reason, clean};
+pub use pipeline::{Outputs, build_pipeline};
+pub use source::{RawRecord, RecordSource, SourcePoll};
+pub use time::{PartitionClock, TimeConfig};
+pub use trade::{Conditions, Quarantined, Symbol, Trade};
+
+/// Timely timestamp of every stockflow dataflow: event time in milliseconds since the Unix
+/// epoch, as defined by the time model (window start or partition watermark, see [`time`]).
+pub type Time = u64;

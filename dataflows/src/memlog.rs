@@ -1,0 +1,176 @@
+//! An in-memory partitioned log: the [`RecordSource`] of tests and benchmarks, so the whole
+//! dataflow runs without a broker.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use crate::source::{RawRecord, RecordSource, SourcePoll};
+
+/// One record of an in-memory log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemRecord {
+    /// Log timestamp (as Kafka's), ms since the epoch.
+    pub timestamp: Option<i64>,
+    /// Value bytes.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A partitioned log; partition `p`'s record at index `o` has offset `o`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MemLog {
+    /// Records per partition.
+    pub partitions: Vec<Vec<MemRecord>>,
+}
+
+impl MemLog {
+    /// Total number of records.
+    pub fn len(&self) -> usize {
+        self.partitions.iter().map(Vec::len).sum()
+    }
+
+    /// Whether the log holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A worker's reader of a shared [`MemLog`]: partitions `p % peers == index`, read in chunks
+/// of `chunk` records per partition in turn, so partitions interleave as they would from a broker.
+pub struct MemSource {
+    log: Arc<MemLog>,
+    cursors: Vec<(usize, usize)>,
+    chunk: usize,
+}
+
+impl MemSource {
+    /// The reader for worker `index` of `peers`.
+    pub fn new(log: Arc<MemLog>, index: usize, peers: usize, chunk: usize) -> Self {
+        let cursors = (0..log.partitions.len())
+            .filter(|p| p % peers == index)
+            .map(|p| (p, 0))
+            .collect();
+        MemSource {
+            log,
+            cursors,
+            chunk: chunk.max(1),
+        }
+    }
+}
+
+impl RecordSource for MemSource {
+    type Error = Infallible;
+
+    fn partitions(&self) -> Vec<i32> {
+        self.cursors.iter().map(|&(p, _)| p as i32).collect()
+    }
+
+    fn poll(
+        &mut self,
+        max: usize,
+        each: &mut dyn FnMut(RawRecord<'_>),
+    ) -> Result<SourcePoll, Infallible> {
+        let mut budget = max;
+        for (p, next) in self.cursors.iter_mut() {
+            let records = &self.log.partitions[*p];
+            let take = self.chunk.min(budget).min(records.len() - *next);
+            for (i, rec) in records[*next..*next + take].iter().enumerate() {
+                each(RawRecord {
+                    partition: *p as i32,
+                    offset: (*next + i) as i64,
+                    timestamp: rec.timestamp,
+                    payload: rec.payload.as_deref(),
+                });
+            }
+            *next += take;
+            budget -= take;
+        }
+        let done = self
+            .cursors
+            .iter()
+            .all(|&(p, next)| next == self.log.partitions[p].len());
+        Ok(if done {
+            SourcePoll::Done
+        } else {
+            SourcePoll::Busy
+        })
+    }
+}
+
+/// Everything a pipeline run produced, gathered from all workers.
+#[derive(Clone, Debug, Default)]
+pub struct Collected {
+    /// Valid trades.
+    pub trades: Vec<crate::Trade>,
+    /// Quarantined records.
+    pub quarantine: Vec<crate::Quarantined>,
+    /// Bars.
+    pub bars: Vec<crate::Bar>,
+}
+
+/// Runs the pipeline over `log` on `workers` threads and gathers its outputs; the way tests
+/// and benchmarks run the dataflow without a broker.
+pub fn run_memlog(
+    log: Arc<MemLog>,
+    workers: usize,
+    chunk: usize,
+    cfg: crate::source::SourceConfig,
+) -> Collected {
+    use std::sync::Mutex;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    let out = Arc::new(Mutex::new(Collected::default()));
+    let shared = Arc::clone(&out);
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let source = MemSource::new(Arc::clone(&log), index, peers, chunk);
+        let (t, q, b) = (
+            Arc::clone(&shared),
+            Arc::clone(&shared),
+            Arc::clone(&shared),
+        );
+        let probe = worker.dataflow(|scope| {
+            let out = crate::build_pipeline(scope, source, cfg.clone());
+            out.trades.inspect_core(move |c| {
+                if let Ok((_, batch)) = c {
+                    t.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .trades
+                        .extend_from_slice(batch);
+                }
+            });
+            out.quarantine.inspect_core(move |c| {
+                if let Ok((_, batch)) = c {
+                    q.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .quarantine
+                        .extend_from_slice(batch);
+                }
+            });
+            let (probe, _) = out
+                .bars
+                .inspect_core(move |c| {
+                    if let Ok((_, batch)) = c {
+                        b.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .bars
+                            .extend_from_slice(batch);
+                    }
+                })
+                .probe();
+            probe
+        });
+        while !probe.done() {
+            worker.step();
+        }
+    });
+    if let Ok(guards) = guards {
+        // A panicking worker is a bug in the dataflow; surface it in the caller (a test).
+        for result in guards.join() {
+            if let Err(e) = result {
+                panic!("worker failed: {e}");
+            }
+        }
+    }
+    let collected = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    collected
+}

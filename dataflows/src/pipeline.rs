@@ -1,0 +1,37 @@
+//! The whole computation as one function: a record source in; trades, quarantine and bars out.
+
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::Time;
+use crate::bars::{Bar, BarsExt};
+use crate::source::{ErrorSlot, RecordSource, SourceConfig, log_source};
+use crate::trade::{Quarantined, Trade};
+
+/// The streams a pipeline produces; the lake sink (or a test) consumes them.
+pub struct Outputs<'scope, E> {
+    /// Every valid trade, on time or late, at the worker that read it.
+    pub trades: StreamVec<'scope, Time, Trade>,
+    /// Every rejected record.
+    pub quarantine: StreamVec<'scope, Time, Quarantined>,
+    /// Bars of the configured window, at the worker owning the symbol.
+    pub bars: StreamVec<'scope, Time, Bar>,
+    /// Source failure, if any.
+    pub error: ErrorSlot<E>,
+}
+
+/// Builds source → clean → bars in `scope`.
+pub fn build_pipeline<'scope, S: RecordSource>(
+    scope: Scope<'scope, Time>,
+    source: S,
+    cfg: SourceConfig,
+) -> Outputs<'scope, S::Error> {
+    let time = cfg.time;
+    let streams = log_source(scope, source, cfg);
+    let bars = streams.ticks.bars(time);
+    Outputs {
+        trades: streams.trades,
+        quarantine: streams.quarantine,
+        bars,
+        error: streams.error,
+    }
+}
