@@ -1,1 +1,192 @@
-fn main() {}
+//! The `stockflow` binary: parses flags, sets up logging and the IO runtime, dispatches, and
+//! turns any failure into one line on stderr and a non-zero exit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::error::ErrorKind;
+use stockflow::cli::{Cli, Command, IngestArgs, JobArgs, SimulateArgs};
+use stockflow::job::{ClusterConfig, JobConfig};
+use stockflow::kafka::KafkaConfig;
+use stockflow::lake::writer::WriterConfig;
+use stockflow::simulate::{MarketConfig, SimulateConfig, universe};
+use stockflow::sink::SinkConfig;
+use stockflow::{demo, ingest, job};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line names the problem; the usage dump is noise here.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see stockflow --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,stockflow=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the IO runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_job(cli.job),
+        Some(Command::Demo(args)) => {
+            let rt = runtime()?;
+            let summary = demo::run(&args, &rt)?;
+            demo::print(&summary, &args.lake);
+            Ok(())
+        }
+        Some(Command::Simulate(args)) => simulate(args),
+        Some(Command::Ingest(args)) => run_ingest(args),
+    }
+}
+
+fn kafka(args: stockflow::cli::KafkaArgs) -> KafkaConfig {
+    KafkaConfig {
+        brokers: args.brokers,
+        topic: args.topic,
+        properties: args.properties,
+    }
+}
+
+fn run_job(args: JobArgs) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let time = dataflows::TimeConfig {
+        window_ms: args.window.as_millis() as u64,
+        lateness_ms: args.lateness.as_millis() as u64,
+    };
+    let cfg = JobConfig {
+        kafka: kafka(args.kafka),
+        lake: args.lake,
+        time,
+        sink: SinkConfig {
+            commit_interval_ms: args.commit_interval.as_millis() as u64,
+            bar_width_ms: time.window_ms,
+            writer: WriterConfig {
+                rows_per_file: args.rows_per_file.max(1),
+                ..Default::default()
+            },
+        },
+        cluster: ClusterConfig {
+            workers: args.workers,
+            processes: args.processes,
+            process: args.process,
+            hostfile: args.hostfile,
+        },
+        drain: args.drain,
+    };
+    let report = job::run(cfg, Arc::default(), rt.handle().clone())?;
+    let rows: Vec<String> = report
+        .written
+        .rows
+        .iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect();
+    println!(
+        "stockflow job done: {} files, {} bytes, rows {} in {:.1}s",
+        report.written.files,
+        report.written.bytes,
+        rows.join(" "),
+        report.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    if args.list_symbols {
+        for s in universe(args.symbols) {
+            println!("{s}");
+        }
+        return Ok(());
+    }
+    let start_ms = match &args.start {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("--start '{s}'"))?
+            .timestamp_millis(),
+        None => stockflow::simulate::market::DEFAULT_START_MS,
+    };
+    let market = MarketConfig {
+        seed: args.seed,
+        symbols: args.symbols,
+        start_ms,
+        market_rate: args.market_rate,
+        anomaly_rate: args.anomaly_rate,
+        ..Default::default()
+    };
+    let cfg = SimulateConfig {
+        market,
+        rate: (args.rate > 0.0).then_some(args.rate),
+        total: args.trades,
+        ping_every: Duration::from_secs(10),
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+        stockflow::simulate::serve(listener, cfg)
+            .await
+            .context("simulator")
+    })
+}
+
+fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let mut symbols = args.symbols.clone();
+    if let Some(path) = &args.symbols_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        symbols.extend(
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    if symbols.is_empty() {
+        anyhow::bail!("no symbols: pass --symbols A,B or --symbols-file F");
+    }
+    let cfg = ingest::IngestConfig {
+        url: args.url,
+        symbols,
+        kafka: kafka(args.kafka),
+    };
+    let rt = runtime()?;
+    let stats = rt.block_on(ingest::run(cfg))?;
+    println!(
+        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings",
+        stats.frames, stats.records, stats.delivered, stats.pings
+    );
+    Ok(())
+}

@@ -7,6 +7,7 @@ pub mod bars;
 pub mod clean;
 pub mod memlog;
 pub mod pipeline;
+pub mod reference;
 pub mod source;
 pub mod time;
 pub mod trade;

@@ -12,10 +12,9 @@ pub use operator::BarsExt;
 
 use crate::trade::{Symbol, Trade};
 
-/// Volume is accumulated in units of 1e-9 (crypto volumes carry up to 8 decimals).
-const VOLUME_SCALE: f64 = 1e9;
-/// Notional (price x volume) is accumulated in units of 1e-6.
-const NOTIONAL_SCALE: f64 = 1e6;
+/// Prices and volumes are accumulated in units of 1e-9 (crypto volumes carry up to 8
+/// decimals), and notional as their exact integer product, in units of 1e-18.
+const SCALE: f64 = 1e9;
 
 /// The part of a trade the bars need, small enough to exchange cheaply between workers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -97,8 +96,8 @@ impl BarAcc {
             close: (key, tick.price),
             high: tick.price,
             low: tick.price,
-            volume: fixed(tick.volume, VOLUME_SCALE),
-            notional: fixed(tick.price * tick.volume, NOTIONAL_SCALE),
+            volume: fixed(tick.volume),
+            notional: notional(tick),
             count: 1,
         }
     }
@@ -115,10 +114,8 @@ impl BarAcc {
         }
         self.high = self.high.max(tick.price);
         self.low = self.low.min(tick.price);
-        self.volume = self.volume.saturating_add(fixed(tick.volume, VOLUME_SCALE));
-        self.notional = self
-            .notional
-            .saturating_add(fixed(tick.price * tick.volume, NOTIONAL_SCALE));
+        self.volume = self.volume.saturating_add(fixed(tick.volume));
+        self.notional = self.notional.saturating_add(notional(tick));
         self.count += 1;
     }
 
@@ -129,8 +126,8 @@ impl BarAcc {
 
     /// The finished row for `symbol` in the window starting at `window_start`.
     pub fn finish(&self, symbol: Symbol, window_start: i64, window_ms: u64, revision: u32) -> Bar {
-        let volume = self.volume as f64 / VOLUME_SCALE;
-        let vwap = (self.volume != 0).then(|| (self.notional as f64 / NOTIONAL_SCALE) / volume);
+        let volume = self.volume as f64 / SCALE;
+        let vwap = (self.volume != 0).then(|| (self.notional as f64 / (SCALE * SCALE)) / volume);
         Bar {
             symbol,
             window_start,
@@ -147,10 +144,16 @@ impl BarAcc {
     }
 }
 
-/// `x` in fixed point with `scale` units per 1.0 (saturating, so extreme inputs cannot panic).
+/// `x` in units of 1e-9 (saturating, so extreme inputs cannot panic).
 #[inline]
-fn fixed(x: f64, scale: f64) -> i128 {
-    (x * scale).round() as i128
+fn fixed(x: f64) -> i128 {
+    (x * SCALE).round() as i128
+}
+
+/// `price x volume` in units of 1e-18, exact for prices and volumes with up to 9 decimals.
+#[inline]
+fn notional(tick: &Tick) -> i128 {
+    fixed(tick.price).saturating_mul(fixed(tick.volume))
 }
 
 #[cfg(test)]

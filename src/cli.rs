@@ -1,0 +1,257 @@
+//! The command line: one binary, the job at the top level and tools as subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::kafka::parse_property;
+
+/// Finnhub trades through Kafka and timely dataflow into an exactly-once, Athena-ready
+/// Parquet lake.
+///
+/// Without a subcommand, runs the dataflow job.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stockflow",
+    version,
+    disable_help_flag = true,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Print help (`-h` is timely's host file).
+    #[arg(long, action = ArgAction::Help, global = true)]
+    pub help: Option<bool>,
+    /// What to run (default: the job).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The job's flags.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything in one process: embedded Kafka, simulator, ingest, job, local lake.
+    Demo(DemoArgs),
+    /// Serve a seeded synthetic market over Finnhub's websocket protocol.
+    Simulate(SimulateArgs),
+    /// Forward trades from a Finnhub-compatible websocket into Kafka.
+    Ingest(IngestArgs),
+}
+
+/// Kafka connection flags shared by the job and ingest.
+#[derive(Debug, Args, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STOCKFLOW_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+    /// Topic holding the trades.
+    #[arg(long, env = "STOCKFLOW_TOPIC", default_value = "trades")]
+    pub topic: String,
+    /// Extra librdkafka property, as kcat takes it (repeatable): `-X security.protocol=SSL`.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+/// Flags of the dataflow job.
+#[derive(Debug, Args, Clone)]
+pub struct JobArgs {
+    /// Worker threads per process.
+    #[arg(
+        short = 'w',
+        long = "workers",
+        env = "STOCKFLOW_WORKERS",
+        default_value_t = 1
+    )]
+    pub workers: usize,
+    /// Number of processes in the timely cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    pub processes: usize,
+    /// Index of this process in the cluster.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: usize,
+    /// Host file: one `host:port` a line, in process order.
+    #[arg(short = 'h', long = "hostfile")]
+    pub hostfile: Option<PathBuf>,
+    /// Kafka settings.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Lake location: a folder or file:// URL.
+    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
+    pub lake: String,
+    /// Bar window width.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Allowed lateness before trades count as late.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub lateness: Duration,
+    /// Event-time interval at which files are closed and committed.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub commit_interval: Duration,
+    /// Rows per Parquet file before it is rolled.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub rows_per_file: usize,
+    /// Read up to the end offsets seen at start, write everything, and exit.
+    #[arg(long)]
+    pub drain: bool,
+}
+
+/// Flags of `stockflow demo`.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Records the simulator sends.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub trades: u64,
+    /// Worker threads of the job.
+    #[arg(long, short = 'w', default_value_t = 2)]
+    pub workers: usize,
+    /// Lake folder (cleared first if it holds a previous demo lake).
+    #[arg(long, default_value = "./lake")]
+    pub lake: PathBuf,
+    /// Seed of the simulated market.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Size of the symbol universe.
+    #[arg(long, default_value_t = 100)]
+    pub symbols: usize,
+    /// Partitions of the embedded topic (default: enough to hold the whole run).
+    #[arg(long)]
+    pub partitions: Option<i32>,
+}
+
+/// Flags of `stockflow simulate`.
+#[derive(Debug, Args, Clone)]
+pub struct SimulateArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8765")]
+    pub listen: SocketAddr,
+    /// Seed of the market.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Size of the symbol universe.
+    #[arg(long, default_value_t = 100)]
+    pub symbols: usize,
+    /// Records per second per connection (0: as fast as possible).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Records per connection before the server closes it (default: unlimited).
+    #[arg(long)]
+    pub trades: Option<u64>,
+    /// Simulated clock start (RFC 3339).
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Universe trades per simulated second.
+    #[arg(long, default_value_t = 300.0)]
+    pub market_rate: f64,
+    /// Share of anomalous records.
+    #[arg(long, default_value_t = 0.001)]
+    pub anomaly_rate: f64,
+    /// Print the symbol universe, one a line, and exit.
+    #[arg(long)]
+    pub list_symbols: bool,
+}
+
+/// Flags of `stockflow ingest`.
+#[derive(Debug, Args, Clone)]
+pub struct IngestArgs {
+    /// Websocket URL of a Finnhub-compatible server.
+    #[arg(long, default_value = "ws://127.0.0.1:8765")]
+    pub url: String,
+    /// Symbols to subscribe to, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub symbols: Vec<String>,
+    /// File of symbols, one a line (`#` starts a comment).
+    #[arg(long)]
+    pub symbols_file: Option<PathBuf>,
+    /// Kafka settings.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Parses `500ms`, `5s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e}"))?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be positive"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn job_flags_parse_like_timely() {
+        let cli = Cli::try_parse_from([
+            "stockflow",
+            "-w",
+            "4",
+            "-n",
+            "2",
+            "-p",
+            "1",
+            "-h",
+            "hosts.txt",
+            "--drain",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.job.workers, cli.job.processes, cli.job.process),
+            (4, 2, 1)
+        );
+        assert_eq!(
+            cli.job.hostfile.as_deref(),
+            Some(std::path::Path::new("hosts.txt"))
+        );
+        assert!(cli.job.drain);
+    }
+
+    #[test]
+    fn kafka_properties_and_durations_parse() {
+        let cli = Cli::try_parse_from([
+            "stockflow",
+            "-X",
+            "security.protocol=SSL",
+            "--window",
+            "5m",
+            "--lateness",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.job.kafka.properties,
+            [("security.protocol".to_owned(), "SSL".to_owned())]
+        );
+        assert_eq!(cli.job.window, Duration::from_secs(300));
+        assert_eq!(cli.job.lateness, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["stockflow", "-X", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["stockflow", "--window", "0s"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli =
+            Cli::try_parse_from(["stockflow", "demo", "--trades", "5000", "--lake", "/tmp/x"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Demo(DemoArgs { trades: 5000, .. }))
+        ));
+        let cli = Cli::try_parse_from(["stockflow", "ingest", "--symbols", "AAPL,MSFT"]).unwrap();
+        match cli.command {
+            Some(Command::Ingest(a)) => assert_eq!(a.symbols, ["AAPL", "MSFT"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

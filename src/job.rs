@@ -1,0 +1,255 @@
+//! The dataflow job: Kafka → clean → bars → lake on a timely cluster (threads, processes, hosts).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dataflows::source::SourceConfig;
+use dataflows::{TimeConfig, build_pipeline};
+use timely::{CommunicationConfig, WorkerConfig};
+use tokio::runtime::Handle;
+
+use crate::kafka::{KafkaConfig, KafkaSetupError};
+use crate::lake::writer::WriteStats;
+use crate::lake::{Lake, LakeError};
+use crate::sink::{LakeWriter, SinkConfig, lake_sink};
+use crate::source::{KafkaSource, SourceError, StopAt};
+
+/// Timely's cluster shape: `-w` threads per process, `-n` processes, this one `-p`, peers in
+/// the `-h` host file (one `host:port` a line, in process order).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Number of processes.
+    pub processes: usize,
+    /// This process's index.
+    pub process: usize,
+    /// Host file for multi-process runs.
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// One process with `workers` threads.
+    pub fn local(workers: usize) -> Self {
+        ClusterConfig {
+            workers,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+        }
+    }
+
+    /// The timely configuration, validating the cluster flags.
+    pub fn timely(&self) -> Result<timely::Config, JobError> {
+        if self.workers == 0 {
+            return Err(JobError::Cluster("-w must be at least 1".into()));
+        }
+        if self.process >= self.processes {
+            return Err(JobError::Cluster(format!(
+                "-p {} must be below -n {}",
+                self.process, self.processes
+            )));
+        }
+        let communication = if self.processes == 1 {
+            CommunicationConfig::Process(self.workers)
+        } else {
+            let path = self
+                .hostfile
+                .as_ref()
+                .ok_or_else(|| JobError::Cluster("-n > 1 needs a host file (-h)".into()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                JobError::Cluster(format!("cannot read host file {}: {e}", path.display()))
+            })?;
+            let addresses: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
+            if addresses.len() < self.processes {
+                return Err(JobError::Cluster(format!(
+                    "host file {} lists {} hosts, -n needs {}",
+                    path.display(),
+                    addresses.len(),
+                    self.processes
+                )));
+            }
+            CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: addresses.into_iter().take(self.processes).collect(),
+                report: false,
+                zerocopy: false,
+            }
+        };
+        Ok(timely::Config {
+            communication,
+            worker: WorkerConfig::default(),
+        })
+    }
+}
+
+/// Everything the job needs.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// The trades topic.
+    pub kafka: KafkaConfig,
+    /// Lake location.
+    pub lake: String,
+    /// Event-time model.
+    pub time: TimeConfig,
+    /// Commit interval, file sizing.
+    pub sink: SinkConfig,
+    /// Cluster shape.
+    pub cluster: ClusterConfig,
+    /// Read to the end offsets seen at start, close all windows, and exit.
+    pub drain: bool,
+}
+
+/// Why the job stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Bad cluster flags.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// Kafka metadata or connection failure.
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    /// Reading the topic failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing the lake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// Timely could not start or a worker died.
+    #[error("dataflow: {0}")]
+    Dataflow(String),
+    /// Another worker failed first; its error is reported instead.
+    #[error("stopped because another worker failed")]
+    Aborted,
+}
+
+/// What the job did.
+#[derive(Clone, Debug, Default)]
+pub struct JobReport {
+    /// Files, bytes and rows written by this process's workers.
+    pub written: WriteStats,
+    /// Wall time from start to the last upload.
+    pub elapsed: Duration,
+}
+
+/// Runs the job until the source is done (`--drain` or `stop`) and everything is written.
+pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, JobError> {
+    let started = Instant::now();
+    let timely_config = cfg.cluster.timely()?;
+    let lake = Lake::open(&cfg.lake)?;
+    let partitions = cfg.kafka.partition_count()?;
+    if cfg.drain {
+        let ends: HashMap<i32, i64> = cfg
+            .kafka
+            .watermarks(partitions)?
+            .into_iter()
+            .map(|(p, (_, hi))| (p, hi))
+            .collect();
+        // Ignore a stop already set by the caller: it holds the same kind of end offsets.
+        let _ = stop.set(ends);
+    }
+    tracing::info!(partitions, lake = %cfg.lake, topic = %cfg.kafka.topic, "job starting");
+
+    let abort = Arc::new(AtomicBool::new(false));
+    let guards = timely::execute(timely_config, move |worker| {
+        let result = run_worker(worker, &cfg, partitions, &lake, &stop, &runtime, &abort);
+        if result.is_err() {
+            abort.store(true, Ordering::SeqCst);
+        }
+        result
+    })
+    .map_err(JobError::Dataflow)?;
+
+    let mut report = JobReport::default();
+    let mut first_error = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(stats)) => report.written.merge(&stats),
+            Ok(Err(JobError::Aborted)) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(panic) => {
+                first_error.get_or_insert(JobError::Dataflow(panic));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    cfg: &JobConfig,
+    partitions: i32,
+    lake: &Lake,
+    stop: &StopAt,
+    runtime: &Handle,
+    abort: &AtomicBool,
+) -> Result<WriteStats, JobError> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let source = KafkaSource::new(
+        &cfg.kafka,
+        partitions,
+        index,
+        peers,
+        &HashMap::new(),
+        Arc::clone(stop),
+    )?;
+    let writer = Rc::new(RefCell::new(LakeWriter::new(
+        lake.clone(),
+        index,
+        runtime.clone(),
+        &cfg.sink,
+    )));
+    let (source_error, sink_error) = worker.dataflow(|scope| {
+        let out = build_pipeline(
+            scope,
+            source,
+            SourceConfig {
+                time: cfg.time,
+                ..Default::default()
+            },
+        );
+        let sink_error = lake_sink(
+            out.trades,
+            out.quarantine,
+            out.bars,
+            Rc::clone(&writer),
+            &cfg.sink,
+        );
+        (out.error, sink_error)
+    });
+    // Drive the dataflow until it completes; wake-ups come from Kafka's callback, timers and
+    // peers, and the park timeout bounds how long an abort by another worker goes unnoticed.
+    while worker.step_or_park(Some(Duration::from_millis(100))) {
+        if let Some(e) = source_error.borrow_mut().take() {
+            return Err(e.into());
+        }
+        if let Some(e) = sink_error.borrow_mut().take() {
+            return Err(e.into());
+        }
+        if abort.load(Ordering::SeqCst) {
+            return Err(JobError::Aborted);
+        }
+    }
+    if let Some(e) = sink_error.borrow_mut().take() {
+        return Err(e.into());
+    }
+    let stats = writer.borrow_mut().finish()?;
+    Ok(stats)
+}

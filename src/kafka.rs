@@ -1,0 +1,114 @@
+//! Kafka connection settings shared by the job, ingest and demo, and the metadata look-ups
+//! (partition count, end offsets) they need before streaming.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+
+/// How long metadata look-ups wait before the brokers count as unreachable.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors talking to Kafka outside the record stream.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// The client could not be created (bad `-X` property, for example).
+    #[error("invalid Kafka client configuration: {0}")]
+    Config(KafkaError),
+    /// No broker answered.
+    #[error("cannot reach Kafka brokers at {brokers}: {source}")]
+    Unreachable {
+        /// The bootstrap list.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The topic does not exist.
+    #[error("topic '{topic}' does not exist on {brokers}")]
+    MissingTopic {
+        /// The topic name.
+        topic: String,
+        /// The bootstrap list.
+        brokers: String,
+    },
+}
+
+/// Where the trades topic lives, plus extra librdkafka properties (`-X key=value`).
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic name.
+    pub topic: String,
+    /// Extra librdkafka properties, applied last (TLS, SASL, tuning).
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// A client configuration with the bootstrap list and the extra properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        config
+    }
+
+    fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaSetupError> {
+        self.client_config()
+            .create()
+            .map_err(KafkaSetupError::Config)
+    }
+
+    /// The number of partitions of the topic; fails clearly if brokers or topic are missing.
+    pub fn partition_count(&self) -> Result<i32, KafkaSetupError> {
+        let consumer = self.metadata_consumer()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
+            .map_err(|source| KafkaSetupError::Unreachable {
+                brokers: self.brokers.clone(),
+                source,
+            })?;
+        let missing = || KafkaSetupError::MissingTopic {
+            topic: self.topic.clone(),
+            brokers: self.brokers.clone(),
+        };
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(missing)?;
+        if topic.error().is_some() || topic.partitions().is_empty() {
+            return Err(missing());
+        }
+        Ok(topic.partitions().len() as i32)
+    }
+
+    /// `(low, high)` watermarks of each partition: the first offset still held and the next
+    /// offset to be written.
+    pub fn watermarks(&self, partitions: i32) -> Result<HashMap<i32, (i64, i64)>, KafkaSetupError> {
+        let consumer = self.metadata_consumer()?;
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
+                    .map(|w| (p, w))
+                    .map_err(|source| KafkaSetupError::Unreachable {
+                        brokers: self.brokers.clone(),
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Parses `key=value` (the `-X` flag).
+pub fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got '{s}'")),
+    }
+}

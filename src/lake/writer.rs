@@ -1,0 +1,248 @@
+//! Writing a worker's rows as Parquet files: one open file per (table, hour partition), rolled
+//! by rows, encoded in the worker and uploaded in the background so compute and IO overlap.
+//!
+//! A file only ever appears complete: it is encoded in memory and stored with a single put
+//! (an atomic rename on a local folder, a single-object PUT on S3).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::encode::Columns;
+use super::{Lake, LakeError, Table, partition_path};
+
+/// File sizing and upload concurrency.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// A file is closed once it holds this many rows.
+    pub rows_per_file: usize,
+    /// Rows buffered in Arrow builders before they are encoded into the open file.
+    pub batch_rows: usize,
+    /// Uploads in flight per worker before the worker waits for the oldest.
+    pub max_uploads: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            rows_per_file: 2_000_000,
+            batch_rows: 64 * 1024,
+            max_uploads: 4,
+        }
+    }
+}
+
+/// What a worker wrote.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteStats {
+    /// Files stored.
+    pub files: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Rows stored per table name.
+    pub rows: BTreeMap<String, u64>,
+}
+
+impl WriteStats {
+    /// Adds another worker's figures.
+    pub fn merge(&mut self, other: &WriteStats) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        for (table, rows) in &other.rows {
+            *self.rows.entry(table.clone()).or_default() += rows;
+        }
+    }
+}
+
+fn properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_created_by(concat!("stockflow ", env!("CARGO_PKG_VERSION")).to_owned())
+        .build()
+}
+
+/// Where and under which name a worker's files go.
+#[derive(Clone, Debug)]
+pub struct FileNamer {
+    /// The lake.
+    pub lake: Lake,
+    /// Global index of the worker (part of every file name, so workers never collide).
+    pub worker: usize,
+    next_seq: u64,
+}
+
+impl FileNamer {
+    /// Names files for `worker` in `lake`.
+    pub fn new(lake: Lake, worker: usize) -> Self {
+        FileNamer {
+            lake,
+            worker,
+            next_seq: 0,
+        }
+    }
+
+    /// `<table>/dt=../hour=../<commit>-w<worker>-<seq>.parquet`.
+    fn next(&mut self, table: &Table, hour: i64, commit: u64) -> Path {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let name = format!(
+            "{}/{commit:013}-w{:03}-{seq:06}.parquet",
+            partition_path(hour),
+            self.worker
+        );
+        Path::parse(format!("{}/{name}", self.lake.table_path(table)))
+            .unwrap_or_else(|_| Path::from(name))
+    }
+}
+
+struct OpenFile<C> {
+    columns: C,
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+}
+
+/// The open files of one table on one worker, keyed by hour partition.
+pub struct TableFiles<C: Columns> {
+    table: Table,
+    open: BTreeMap<i64, OpenFile<C>>,
+    config: WriterConfig,
+}
+
+impl<C: Columns> TableFiles<C> {
+    /// No open files yet.
+    pub fn new(table: Table, config: WriterConfig) -> Self {
+        TableFiles {
+            table,
+            open: BTreeMap::new(),
+            config,
+        }
+    }
+
+    /// Appends `row` to the file of `hour`; closes and uploads the file if it is full.
+    pub fn push(&mut self, hour: i64, row: &C::Row, out: &mut FileSink) -> Result<(), LakeError> {
+        let file = match self.open.get_mut(&hour) {
+            Some(file) => file,
+            None => {
+                let columns = C::new();
+                let writer =
+                    ArrowWriter::try_new(Vec::new(), self.table.schema(), Some(properties()))?;
+                self.open.entry(hour).or_insert(OpenFile {
+                    columns,
+                    writer,
+                    rows: 0,
+                })
+            }
+        };
+        file.columns.push(row);
+        if file.columns.len() >= self.config.batch_rows {
+            file.rows += file.columns.len();
+            let batch = file.columns.finish()?;
+            file.writer.write(&batch)?;
+            if file.rows >= self.config.rows_per_file {
+                if let Some(file) = self.open.remove(&hour) {
+                    out.store(&self.table, hour, file)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes and uploads every open file.
+    pub fn close_all(&mut self, out: &mut FileSink) -> Result<(), LakeError> {
+        for (hour, file) in std::mem::take(&mut self.open) {
+            out.store(&self.table, hour, file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Finished files on their way to the store.
+pub struct FileSink {
+    namer: FileNamer,
+    runtime: Handle,
+    in_flight: VecDeque<JoinHandle<Result<(), object_store::Error>>>,
+    max_uploads: usize,
+    /// The commit point named in files closed from now on.
+    pub commit: u64,
+    /// What has been handed to the store so far.
+    pub stats: WriteStats,
+}
+
+impl FileSink {
+    /// Uploads through `runtime` into the lake of `namer`.
+    pub fn new(namer: FileNamer, runtime: Handle, config: &WriterConfig) -> Self {
+        FileSink {
+            namer,
+            runtime,
+            in_flight: VecDeque::new(),
+            max_uploads: config.max_uploads.max(1),
+            commit: 0,
+            stats: WriteStats::default(),
+        }
+    }
+
+    fn store<C: Columns>(
+        &mut self,
+        table: &Table,
+        hour: i64,
+        mut file: OpenFile<C>,
+    ) -> Result<(), LakeError> {
+        if file.columns.len() > 0 {
+            file.rows += file.columns.len();
+            let batch = file.columns.finish()?;
+            file.writer.write(&batch)?;
+        }
+        if file.rows == 0 {
+            return Ok(());
+        }
+        let bytes = Bytes::from(file.writer.into_inner()?);
+        let path = self.namer.next(table, hour, self.commit);
+        self.stats.files += 1;
+        self.stats.bytes += bytes.len() as u64;
+        *self.stats.rows.entry(table.name()).or_default() += file.rows as u64;
+        while self.in_flight.len() >= self.max_uploads {
+            self.wait_oldest()?;
+        }
+        let store: Arc<dyn ObjectStore> = Arc::clone(&self.namer.lake.store);
+        self.in_flight.push_back(self.runtime.spawn(async move {
+            store
+                .put(&path, PutPayload::from_bytes(bytes))
+                .await
+                .map(|_| ())
+        }));
+        Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> Result<(), LakeError> {
+        if let Some(task) = self.in_flight.pop_front() {
+            self.runtime
+                .block_on(task)
+                .map_err(|e| LakeError::Task(e.to_string()))??;
+        }
+        Ok(())
+    }
+
+    /// Reaps finished uploads without waiting, surfacing the first failure.
+    pub fn reap(&mut self) -> Result<(), LakeError> {
+        while self.in_flight.front().is_some_and(|t| t.is_finished()) {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every upload to finish.
+    pub fn finish(&mut self) -> Result<(), LakeError> {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! stockflow's application shell: the CLI, the Kafka source, ingest, the simulator, the lake
+//! sink and the demo, wired around the pure compute of the `dataflows` crate.
+
+pub mod cli;
+pub mod demo;
+pub mod ingest;
+pub mod job;
+pub mod kafka;
+pub mod lake;
+pub mod simulate;
+pub mod sink;
+pub mod source;

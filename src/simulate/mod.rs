@@ -1,0 +1,7 @@
+//! `stockflow simulate`: a local Finnhub-compatible websocket server over a seeded market.
+
+pub mod market;
+mod server;
+
+pub use market::{Market, MarketConfig, universe};
+pub use server::{SimulateConfig, serve};
