@@ -3,7 +3,7 @@
 //! then a check that every record landed exactly once, and a summary.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,7 +255,7 @@ pub async fn verify(
 }
 
 /// Prints the summary for people.
-pub fn print(summary: &DemoSummary, lake: &PathBuf) {
+pub fn print(summary: &DemoSummary, lake: &Path) {
     let quarantined: u64 = summary.quarantined.values().sum();
     println!(
         "stockflow demo: {} records produced, {} trades + {} quarantined landed exactly once ({} late); \

@@ -164,6 +164,8 @@ impl Value<'_> {
 }
 
 /// The payload object: each known key at most once, unknown keys skipped.
+// Lives on the stack for one parse; boxing the large variant would allocate per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum RawTrade<'a> {
     NotObject,

@@ -171,6 +171,6 @@ pub fn run_memlog(
             }
         }
     }
-    let collected = out.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    collected
+    let guard = out.lock().unwrap_or_else(|e| e.into_inner());
+    guard.clone()
 }

@@ -22,12 +22,14 @@ pub struct Expected {
     pub bars: BTreeMap<(String, i64), Bar>,
 }
 
+/// `(t, partition, offset, price, volume)` of an on-time trade.
+type OnTime = (i64, i32, i64, f64, f64);
+
 /// Computes [`Expected`] for `log` sequentially.
 pub fn expected(log: &MemLog, cfg: TimeConfig) -> Expected {
     let mut out = Expected::default();
     let w = cfg.window_ms as i64;
-    // (t, partition, offset, price, volume) of on-time trades per bar.
-    let mut on_time: BTreeMap<(String, i64), Vec<(i64, i32, i64, f64, f64)>> = BTreeMap::new();
+    let mut on_time: BTreeMap<(String, i64), Vec<OnTime>> = BTreeMap::new();
     for (p, records) in log.partitions.iter().enumerate() {
         let mut max_ts: Option<i64> = None;
         for (o, rec) in records.iter().enumerate() {

@@ -24,6 +24,10 @@ pub trait Columns: Send {
     fn push(&mut self, row: &Self::Row);
     /// Rows appended since the last `finish`.
     fn len(&self) -> usize;
+    /// Whether no rows were appended since the last `finish`.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Takes the rows so far as a batch, leaving the builders empty (and their buffers reusable).
     fn finish(&mut self) -> Result<RecordBatch, ArrowError>;
 }

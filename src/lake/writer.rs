@@ -195,7 +195,7 @@ impl FileSink {
         hour: i64,
         mut file: OpenFile<C>,
     ) -> Result<(), LakeError> {
-        if file.columns.len() > 0 {
+        if !file.columns.is_empty() {
             file.rows += file.columns.len();
             let batch = file.columns.finish()?;
             file.writer.write(&batch)?;

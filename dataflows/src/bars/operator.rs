@@ -22,6 +22,9 @@ pub fn symbol_route(symbol: &str) -> u64 {
     h.finish()
 }
 
+/// Bars still accumulating, by timely time, each with the capability to emit them.
+type OpenWindows = BTreeMap<Time, (Capability<Time>, HashMap<(Symbol, i64), BarAcc>)>;
+
 /// Turns a stream of on-time ticks into bars.
 pub trait BarsExt<'scope> {
     /// One bar per (symbol, window) at revision 0, emitted at the window's start time once the
@@ -34,8 +37,7 @@ impl<'scope> BarsExt<'scope> for StreamVec<'scope, Time, Tick> {
         let pact = Exchange::new(|t: &Tick| symbol_route(&t.symbol));
         self.unary_frontier(pact, "Bars", move |_cap, _info| {
             // Open windows by timely time (= window start), each with the capability to emit it.
-            let mut open: BTreeMap<Time, (Capability<Time>, HashMap<(Symbol, i64), BarAcc>)> =
-                BTreeMap::new();
+            let mut open: OpenWindows = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(time) = cap.least().copied() else {
