@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::kafka::parse_property;
+use dataflows::TimeConfig;
+use dataflows::bars::BarsConfig;
+
+use crate::job::{ClusterConfig, JobConfig};
+use crate::kafka::{KafkaConfig, parse_property};
+use crate::lake::writer::WriterConfig;
+use crate::sink::SinkConfig;
 
 /// Finnhub trades through Kafka and timely dataflow into an exactly-once, Athena-ready
 /// Parquet lake.
 ///
 /// Without a subcommand, runs the dataflow job.
 #[derive(Debug, Parser)]
-#[command(
-    name = "stockflow",
-    version,
-    disable_help_flag = true,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "stockflow", version, disable_help_flag = true, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Print help (`-h` is timely's host file).
     #[arg(long, action = ArgAction::Help, global = true)]
@@ -60,12 +61,7 @@ pub struct KafkaArgs {
 #[derive(Debug, Args, Clone)]
 pub struct JobArgs {
     /// Worker threads per process.
-    #[arg(
-        short = 'w',
-        long = "workers",
-        env = "STOCKFLOW_WORKERS",
-        default_value_t = 1
-    )]
+    #[arg(short = 'w', long = "workers", env = "STOCKFLOW_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// Number of processes in the timely cluster.
     #[arg(short = 'n', long = "processes", default_value_t = 1)]
@@ -88,6 +84,15 @@ pub struct JobArgs {
     /// Allowed lateness before trades count as late.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub lateness: Duration,
+    /// Bar widths, comma separated (each a multiple of --window; each its own table bars_<w>).
+    #[arg(long, value_delimiter = ',', default_value = "1m", value_parser = parse_duration)]
+    pub bars: Vec<Duration>,
+    /// How long after its window ended a late trade may still revise a bar.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub revision_horizon: Duration,
+    /// Silence after which a partition stops holding the watermark back.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// Event-time interval at which files are closed and committed.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub commit_interval: Duration,
@@ -97,6 +102,48 @@ pub struct JobArgs {
     /// Read up to the end offsets seen at start, write everything, and exit.
     #[arg(long)]
     pub drain: bool,
+}
+
+impl JobArgs {
+    /// The job's configuration, with cross-flag rules checked.
+    pub fn config(&self) -> Result<JobConfig, String> {
+        let time = TimeConfig { window_ms: millis(self.window), lateness_ms: millis(self.lateness) };
+        let bars = BarsConfig {
+            widths: self.bars.iter().map(|d| millis(*d)).collect(),
+            horizon_ms: millis(self.revision_horizon),
+        };
+        bars.validate(&time).map_err(|e| format!("--bars: {e}"))?;
+        Ok(JobConfig {
+            kafka: self.kafka.config(),
+            lake: self.lake.clone(),
+            time,
+            sink: SinkConfig {
+                commit_interval_ms: millis(self.commit_interval),
+                bar_widths: bars.widths.clone(),
+                writer: WriterConfig { rows_per_file: self.rows_per_file.max(1), ..Default::default() },
+            },
+            bars,
+            idle_timeout: Some(self.idle_timeout),
+            cluster: ClusterConfig {
+                workers: self.workers,
+                processes: self.processes,
+                process: self.process,
+                hostfile: self.hostfile.clone(),
+            },
+            drain: self.drain,
+        })
+    }
+}
+
+impl KafkaArgs {
+    /// The connection settings.
+    pub fn config(&self) -> KafkaConfig {
+        KafkaConfig { brokers: self.brokers.clone(), topic: self.topic.clone(), properties: self.properties.clone() }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 /// Flags of `stockflow demo`.
@@ -192,47 +239,20 @@ mod tests {
 
     #[test]
     fn job_flags_parse_like_timely() {
-        let cli = Cli::try_parse_from([
-            "stockflow",
-            "-w",
-            "4",
-            "-n",
-            "2",
-            "-p",
-            "1",
-            "-h",
-            "hosts.txt",
-            "--drain",
-        ])
-        .unwrap();
+        let cli =
+            Cli::try_parse_from(["stockflow", "-w", "4", "-n", "2", "-p", "1", "-h", "hosts.txt", "--drain"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(
-            (cli.job.workers, cli.job.processes, cli.job.process),
-            (4, 2, 1)
-        );
-        assert_eq!(
-            cli.job.hostfile.as_deref(),
-            Some(std::path::Path::new("hosts.txt"))
-        );
+        assert_eq!((cli.job.workers, cli.job.processes, cli.job.process), (4, 2, 1));
+        assert_eq!(cli.job.hostfile.as_deref(), Some(std::path::Path::new("hosts.txt")));
         assert!(cli.job.drain);
     }
 
     #[test]
     fn kafka_properties_and_durations_parse() {
-        let cli = Cli::try_parse_from([
-            "stockflow",
-            "-X",
-            "security.protocol=SSL",
-            "--window",
-            "5m",
-            "--lateness",
-            "500ms",
-        ])
-        .unwrap();
-        assert_eq!(
-            cli.job.kafka.properties,
-            [("security.protocol".to_owned(), "SSL".to_owned())]
-        );
+        let cli =
+            Cli::try_parse_from(["stockflow", "-X", "security.protocol=SSL", "--window", "5m", "--lateness", "500ms"])
+                .unwrap();
+        assert_eq!(cli.job.kafka.properties, [("security.protocol".to_owned(), "SSL".to_owned())]);
         assert_eq!(cli.job.window, Duration::from_secs(300));
         assert_eq!(cli.job.lateness, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["stockflow", "-X", "novalue"]).is_err());
@@ -240,14 +260,22 @@ mod tests {
     }
 
     #[test]
+    fn bar_widths_must_be_multiples_of_the_window() {
+        let cli = Cli::try_parse_from(["stockflow", "--bars", "1m,5m,1h", "--revision-horizon", "2h"]).unwrap();
+        let cfg = cli.job.config().unwrap();
+        assert_eq!(cfg.bars.widths, [60_000, 300_000, 3_600_000]);
+        assert_eq!(cfg.sink.bar_widths, cfg.bars.widths);
+        assert_eq!(cfg.bars.horizon_ms, 7_200_000);
+        let cli = Cli::try_parse_from(["stockflow", "--bars", "90s"]).unwrap();
+        assert!(cli.job.config().unwrap_err().contains("not a multiple"));
+        let cli = Cli::try_parse_from(["stockflow", "--bars", "1m,1m"]).unwrap();
+        assert!(cli.job.config().unwrap_err().contains("twice"));
+    }
+
+    #[test]
     fn subcommands_parse() {
-        let cli =
-            Cli::try_parse_from(["stockflow", "demo", "--trades", "5000", "--lake", "/tmp/x"])
-                .unwrap();
-        assert!(matches!(
-            cli.command,
-            Some(Command::Demo(DemoArgs { trades: 5000, .. }))
-        ));
+        let cli = Cli::try_parse_from(["stockflow", "demo", "--trades", "5000", "--lake", "/tmp/x"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Demo(DemoArgs { trades: 5000, .. }))));
         let cli = Cli::try_parse_from(["stockflow", "ingest", "--symbols", "AAPL,MSFT"]).unwrap();
         match cli.command {
             Some(Command::Ingest(a)) => assert_eq!(a.symbols, ["AAPL", "MSFT"]),

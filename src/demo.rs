@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dataflows::bars::BarsConfig;
 use dataflows::{Bar, TimeConfig};
 use rdkafka::mocking::MockCluster;
 use tokio::runtime::Runtime;
@@ -36,8 +37,10 @@ pub struct DemoSummary {
     pub quarantined: BTreeMap<String, u64>,
     /// Late trades.
     pub late: u64,
-    /// Rows in `bars_1m`.
+    /// Bars in `bars_1m` (latest revisions).
     pub bars: u64,
+    /// Rows in `bars_1m` that revise a bar after a late trade.
+    pub revisions: u64,
     /// Distinct symbols with bars.
     pub bar_symbols: usize,
     /// Parquet files written.
@@ -55,15 +58,11 @@ pub struct DemoSummary {
 /// Refuses to clear a folder that is neither empty nor a previous stockflow lake.
 fn prepare_lake(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
-        let mut entries =
-            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         let foreign = entries.any(|e| {
             e.map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                !(name == "trades"
-                    || name == "quarantine"
-                    || name == "_stockflow"
-                    || name.starts_with("bars_"))
+                !(name == "trades" || name == "quarantine" || name == "_stockflow" || name.starts_with("bars_"))
             })
             .unwrap_or(true)
         });
@@ -82,35 +81,16 @@ fn prepare_lake(dir: &Path) -> anyhow::Result<()> {
 pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
     prepare_lake(&args.lake)?;
-    let partitions = args
-        .partitions
-        .unwrap_or_else(|| args.trades.div_ceil(RECORDS_PER_PARTITION).clamp(4, 64) as i32);
+    let partitions = args.partitions.unwrap_or_else(|| args.trades.div_ceil(RECORDS_PER_PARTITION).clamp(4, 64) as i32);
 
-    let mock =
-        MockCluster::new(1).context("starting the embedded Kafka (librdkafka mock cluster)")?;
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        topic: "trades".into(),
-        properties: vec![],
-    };
-    mock.create_topic(&kafka.topic, partitions, 1)
-        .context("creating the embedded topic")?;
+    let mock = MockCluster::new(1).context("starting the embedded Kafka (librdkafka mock cluster)")?;
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic: "trades".into(), properties: vec![] };
+    mock.create_topic(&kafka.topic, partitions, 1).context("creating the embedded topic")?;
 
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .context("binding the simulator")?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the simulator")?;
     let url = format!("ws://{}", listener.local_addr()?);
-    let market = MarketConfig {
-        seed: args.seed,
-        symbols: args.symbols,
-        ..Default::default()
-    };
-    let sim = SimulateConfig {
-        market,
-        rate: None,
-        total: Some(args.trades),
-        ping_every: Duration::from_secs(5),
-    };
+    let market = MarketConfig { seed: args.seed, symbols: args.symbols, ..Default::default() };
+    let sim = SimulateConfig { market, rate: None, total: Some(args.trades), ping_every: Duration::from_secs(5) };
     let server = runtime.spawn(crate::simulate::serve(listener, sim));
 
     let window = TimeConfig::default();
@@ -118,10 +98,12 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         kafka: kafka.clone(),
         lake: args.lake.to_string_lossy().into_owned(),
         time: window,
+        bars: BarsConfig::default(),
+        idle_timeout: None,
         sink: SinkConfig {
             // The simulated clock runs far ahead of wall time: commit hourly so files are large.
             commit_interval_ms: 3_600_000,
-            bar_width_ms: window.window_ms,
+            bar_widths: BarsConfig::default().widths,
             writer: WriterConfig::default(),
         },
         cluster: ClusterConfig::local(args.workers),
@@ -132,11 +114,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let handle = runtime.handle().clone();
     let job = std::thread::spawn(move || job::run(job_cfg, job_stop, handle));
 
-    let ingest_cfg = IngestConfig {
-        url,
-        symbols: universe(args.symbols),
-        kafka: kafka.clone(),
-    };
+    let ingest_cfg = IngestConfig { url, symbols: universe(args.symbols), kafka: kafka.clone() };
     let ingested = runtime.block_on(ingest::run(ingest_cfg));
     server.abort();
     let ingested = match ingested {
@@ -150,17 +128,10 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     };
     let watermarks = kafka.watermarks(partitions)?;
     let _ = stop.set(watermarks.iter().map(|(p, (_, hi))| (*p, *hi)).collect());
-    let report = job
-        .join()
-        .map_err(|_| anyhow::anyhow!("the job thread panicked"))??;
+    let report = job.join().map_err(|_| anyhow::anyhow!("the job thread panicked"))??;
 
     let lake = Lake::open(&args.lake.to_string_lossy())?;
-    let mut summary = runtime.block_on(verify(
-        &lake,
-        &watermarks,
-        ingested.delivered,
-        window.window_ms,
-    ))?;
+    let mut summary = runtime.block_on(verify(&lake, &watermarks, ingested.delivered, window.window_ms))?;
     summary.files = report.written.files;
     summary.bytes = report.written.bytes;
     summary.elapsed = started.elapsed();
@@ -170,11 +141,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
 }
 
 fn end_offsets(kafka: &KafkaConfig, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
-    Ok(kafka
-        .watermarks(partitions)?
-        .into_iter()
-        .map(|(p, (_, hi))| (p, hi))
-        .collect())
+    Ok(kafka.watermarks(partitions)?.into_iter().map(|(p, (_, hi))| (p, hi)).collect())
 }
 
 /// Reads the lake back and checks that every record of the topic is in `trades` or
@@ -187,17 +154,15 @@ pub async fn verify(
 ) -> anyhow::Result<DemoSummary> {
     let trades = read::read_table(lake, &Table::Trades).await?;
     let quarantine = read::read_table(lake, &Table::Quarantine).await?;
-    let bars = read::bars(&read::read_table(lake, &Table::Bars(window_ms)).await?)?;
+    let rows = read::bars(&read::read_table(lake, &Table::Bars(window_ms)).await?)?;
+    let revisions = rows.iter().filter(|b| b.revision > 0).count() as u64;
+    let tagged: Vec<(u8, Bar)> = rows.into_iter().map(|b| (0, b)).collect();
+    let bars: Vec<Bar> = dataflows::reference::latest(&tagged).map_err(anyhow::Error::msg)?.into_values().collect();
 
-    let mut seen: HashMap<i32, Vec<u8>> = watermarks
-        .iter()
-        .map(|(p, (lo, hi))| (*p, vec![0u8; (hi - lo).max(0) as usize]))
-        .collect();
+    let mut seen: HashMap<i32, Vec<u8>> =
+        watermarks.iter().map(|(p, (lo, hi))| (*p, vec![0u8; (hi - lo).max(0) as usize])).collect();
     let mut outside = 0u64;
-    for (p, o) in read::positions(&trades)?
-        .into_iter()
-        .chain(read::positions(&quarantine)?)
-    {
+    for (p, o) in read::positions(&trades)?.into_iter().chain(read::positions(&quarantine)?) {
         match (seen.get_mut(&p), watermarks.get(&p)) {
             (Some(marks), Some((lo, _))) if o >= *lo && ((o - lo) as usize) < marks.len() => {
                 let m = &mut marks[(o - lo) as usize];
@@ -206,14 +171,8 @@ pub async fn verify(
             _ => outside += 1,
         }
     }
-    let missing: usize = seen
-        .values()
-        .map(|m| m.iter().filter(|&&c| c == 0).count())
-        .sum();
-    let duplicated: usize = seen
-        .values()
-        .map(|m| m.iter().filter(|&&c| c > 1).count())
-        .sum();
+    let missing: usize = seen.values().map(|m| m.iter().filter(|&&c| c == 0).count()).sum();
+    let duplicated: usize = seen.values().map(|m| m.iter().filter(|&&c| c > 1).count()).sum();
     let in_topic: i64 = watermarks.values().map(|(lo, hi)| hi - lo).sum();
     if missing > 0 || duplicated > 0 || outside > 0 || in_topic as u64 != produced {
         bail!(
@@ -230,15 +189,8 @@ pub async fn verify(
     for b in &bars {
         *volume_by_symbol.entry(b.symbol.as_str()).or_default() += b.volume;
     }
-    let top = volume_by_symbol
-        .iter()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(s, _)| s.to_string());
-    let mut sample: Vec<Bar> = bars
-        .iter()
-        .filter(|b| Some(b.symbol.as_str()) == top.as_deref())
-        .cloned()
-        .collect();
+    let top = volume_by_symbol.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(s, _)| s.to_string());
+    let mut sample: Vec<Bar> = bars.iter().filter(|b| Some(b.symbol.as_str()) == top.as_deref()).cloned().collect();
     sample.sort_by_key(|b| b.window_start);
     sample.truncate(5);
 
@@ -248,6 +200,7 @@ pub async fn verify(
         quarantined,
         late: read::late_count(&trades)?,
         bars: bars.len() as u64,
+        revisions,
         bar_symbols: volume_by_symbol.len(),
         sample,
         ..Default::default()
@@ -259,12 +212,13 @@ pub fn print(summary: &DemoSummary, lake: &Path) {
     let quarantined: u64 = summary.quarantined.values().sum();
     println!(
         "stockflow demo: {} records produced, {} trades + {} quarantined landed exactly once ({} late); \
-         {} bars over {} symbols; {} files, {:.1} MiB; {:.0} records/s; {:.1}s",
+         {} bars ({} revisions) over {} symbols; {} files, {:.1} MiB; {:.0} records/s; {:.1}s",
         summary.produced,
         summary.trades,
         quarantined,
         summary.late,
         summary.bars,
+        summary.revisions,
         summary.bar_symbols,
         summary.files,
         summary.bytes as f64 / (1024.0 * 1024.0),
@@ -272,26 +226,14 @@ pub fn print(summary: &DemoSummary, lake: &Path) {
         summary.elapsed.as_secs_f64()
     );
     if !summary.quarantined.is_empty() {
-        let reasons: Vec<String> = summary
-            .quarantined
-            .iter()
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
+        let reasons: Vec<String> = summary.quarantined.iter().map(|(r, n)| format!("{r}={n}")).collect();
         println!("quarantine by reason: {}", reasons.join(", "));
     }
     println!("lake: {}", lake.display());
     if !summary.sample.is_empty() {
         println!(
             "\n{:<16} {:<24} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>6}",
-            "symbol",
-            "window_start (UTC)",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "vwap",
-            "trades"
+            "symbol", "window_start (UTC)", "open", "high", "low", "close", "volume", "vwap", "trades"
         );
         for b in &summary.sample {
             let start = chrono::DateTime::from_timestamp_millis(b.window_start).unwrap_or_default();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dataflows::source::SourceConfig;
+use dataflows::bars::BarsConfig;
+use dataflows::source::{SourceConfig, WatermarkBoard};
 use dataflows::{TimeConfig, build_pipeline};
 use timely::{CommunicationConfig, WorkerConfig};
 use tokio::runtime::Handle;
@@ -36,12 +37,7 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// One process with `workers` threads.
     pub fn local(workers: usize) -> Self {
-        ClusterConfig {
-            workers,
-            processes: 1,
-            process: 0,
-            hostfile: None,
-        }
+        ClusterConfig { workers, processes: 1, process: 0, hostfile: None }
     }
 
     /// The timely configuration, validating the cluster flags.
@@ -50,21 +46,15 @@ impl ClusterConfig {
             return Err(JobError::Cluster("-w must be at least 1".into()));
         }
         if self.process >= self.processes {
-            return Err(JobError::Cluster(format!(
-                "-p {} must be below -n {}",
-                self.process, self.processes
-            )));
+            return Err(JobError::Cluster(format!("-p {} must be below -n {}", self.process, self.processes)));
         }
         let communication = if self.processes == 1 {
             CommunicationConfig::Process(self.workers)
         } else {
-            let path = self
-                .hostfile
-                .as_ref()
-                .ok_or_else(|| JobError::Cluster("-n > 1 needs a host file (-h)".into()))?;
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                JobError::Cluster(format!("cannot read host file {}: {e}", path.display()))
-            })?;
+            let path =
+                self.hostfile.as_ref().ok_or_else(|| JobError::Cluster("-n > 1 needs a host file (-h)".into()))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| JobError::Cluster(format!("cannot read host file {}: {e}", path.display())))?;
             let addresses: Vec<String> = text
                 .lines()
                 .map(str::trim)
@@ -87,10 +77,7 @@ impl ClusterConfig {
                 zerocopy: false,
             }
         };
-        Ok(timely::Config {
-            communication,
-            worker: WorkerConfig::default(),
-        })
+        Ok(timely::Config { communication, worker: WorkerConfig::default() })
     }
 }
 
@@ -103,6 +90,10 @@ pub struct JobConfig {
     pub lake: String,
     /// Event-time model.
     pub time: TimeConfig,
+    /// Bar widths and revision horizon.
+    pub bars: BarsConfig,
+    /// Silence after which a partition stops holding the frontier back.
+    pub idle_timeout: Option<Duration>,
     /// Commit interval, file sizing.
     pub sink: SinkConfig,
     /// Cluster shape.
@@ -150,20 +141,18 @@ pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, J
     let lake = Lake::open(&cfg.lake)?;
     let partitions = cfg.kafka.partition_count()?;
     if cfg.drain {
-        let ends: HashMap<i32, i64> = cfg
-            .kafka
-            .watermarks(partitions)?
-            .into_iter()
-            .map(|(p, (_, hi))| (p, hi))
-            .collect();
+        let ends: HashMap<i32, i64> =
+            cfg.kafka.watermarks(partitions)?.into_iter().map(|(p, (_, hi))| (p, hi)).collect();
         // Ignore a stop already set by the caller: it holds the same kind of end offsets.
         let _ = stop.set(ends);
     }
     tracing::info!(partitions, lake = %cfg.lake, topic = %cfg.kafka.topic, "job starting");
 
     let abort = Arc::new(AtomicBool::new(false));
+    let board = Arc::new(WatermarkBoard::default());
     let guards = timely::execute(timely_config, move |worker| {
-        let result = run_worker(worker, &cfg, partitions, &lake, &stop, &runtime, &abort);
+        let shared = Shared { lake: &lake, stop: &stop, runtime: &runtime, abort: &abort, board: &board };
+        let result = run_worker(worker, &cfg, partitions, shared);
         if result.is_err() {
             abort.store(true, Ordering::SeqCst);
         }
@@ -192,46 +181,34 @@ pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, J
     Ok(report)
 }
 
+/// What the workers of one process share.
+struct Shared<'a> {
+    lake: &'a Lake,
+    stop: &'a StopAt,
+    runtime: &'a Handle,
+    abort: &'a AtomicBool,
+    board: &'a Arc<WatermarkBoard>,
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     cfg: &JobConfig,
     partitions: i32,
-    lake: &Lake,
-    stop: &StopAt,
-    runtime: &Handle,
-    abort: &AtomicBool,
+    shared: Shared<'_>,
 ) -> Result<WriteStats, JobError> {
+    let Shared { lake, stop, runtime, abort, board } = shared;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::new(
-        &cfg.kafka,
-        partitions,
-        index,
-        peers,
-        &HashMap::new(),
-        Arc::clone(stop),
-    )?;
-    let writer = Rc::new(RefCell::new(LakeWriter::new(
-        lake.clone(),
-        index,
-        runtime.clone(),
-        &cfg.sink,
-    )));
+    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, &HashMap::new(), Arc::clone(stop))?;
+    let writer = Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, runtime.clone(), &cfg.sink)));
     let (source_error, sink_error) = worker.dataflow(|scope| {
-        let out = build_pipeline(
-            scope,
-            source,
-            SourceConfig {
-                time: cfg.time,
-                ..Default::default()
-            },
-        );
-        let sink_error = lake_sink(
-            out.trades,
-            out.quarantine,
-            out.bars,
-            Rc::clone(&writer),
-            &cfg.sink,
-        );
+        let source_cfg = SourceConfig {
+            time: cfg.time,
+            idle_timeout: cfg.idle_timeout,
+            board: Some(Arc::clone(board)),
+            ..Default::default()
+        };
+        let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
+        let sink_error = lake_sink(out.trades, out.quarantine, out.bars, Rc::clone(&writer), &cfg.sink);
         (out.error, sink_error)
     });
     // Drive the dataflow until it completes; wake-ups come from Kafka's callback, timers and

@@ -58,9 +58,7 @@ impl KafkaConfig {
     }
 
     fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaSetupError> {
-        self.client_config()
-            .create()
-            .map_err(KafkaSetupError::Config)
+        self.client_config().create().map_err(KafkaSetupError::Config)
     }
 
     /// The number of partitions of the topic; fails clearly if brokers or topic are missing.
@@ -68,19 +66,9 @@ impl KafkaConfig {
         let consumer = self.metadata_consumer()?;
         let metadata = consumer
             .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-            .map_err(|source| KafkaSetupError::Unreachable {
-                brokers: self.brokers.clone(),
-                source,
-            })?;
-        let missing = || KafkaSetupError::MissingTopic {
-            topic: self.topic.clone(),
-            brokers: self.brokers.clone(),
-        };
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .ok_or_else(missing)?;
+            .map_err(|source| KafkaSetupError::Unreachable { brokers: self.brokers.clone(), source })?;
+        let missing = || KafkaSetupError::MissingTopic { topic: self.topic.clone(), brokers: self.brokers.clone() };
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic).ok_or_else(missing)?;
         if topic.error().is_some() || topic.partitions().is_empty() {
             return Err(missing());
         }
@@ -96,10 +84,7 @@ impl KafkaConfig {
                 consumer
                     .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
                     .map(|w| (p, w))
-                    .map_err(|source| KafkaSetupError::Unreachable {
-                        brokers: self.brokers.clone(),
-                        source,
-                    })
+                    .map_err(|source| KafkaSetupError::Unreachable { brokers: self.brokers.clone(), source })
             })
             .collect()
     }

@@ -9,11 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::error::ErrorKind;
 use stockflow::cli::{Cli, Command, IngestArgs, JobArgs, SimulateArgs};
-use stockflow::job::{ClusterConfig, JobConfig};
-use stockflow::kafka::KafkaConfig;
-use stockflow::lake::writer::WriterConfig;
 use stockflow::simulate::{MarketConfig, SimulateConfig, universe};
-use stockflow::sink::SinkConfig;
 use stockflow::{demo, ingest, job};
 
 fn main() -> ExitCode {
@@ -44,10 +40,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,stockflow=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -72,47 +65,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn kafka(args: stockflow::cli::KafkaArgs) -> KafkaConfig {
-    KafkaConfig {
-        brokers: args.brokers,
-        topic: args.topic,
-        properties: args.properties,
-    }
-}
-
 fn run_job(args: JobArgs) -> anyhow::Result<()> {
+    let cfg = args.config().map_err(anyhow::Error::msg)?;
     let rt = runtime()?;
-    let time = dataflows::TimeConfig {
-        window_ms: args.window.as_millis() as u64,
-        lateness_ms: args.lateness.as_millis() as u64,
-    };
-    let cfg = JobConfig {
-        kafka: kafka(args.kafka),
-        lake: args.lake,
-        time,
-        sink: SinkConfig {
-            commit_interval_ms: args.commit_interval.as_millis() as u64,
-            bar_width_ms: time.window_ms,
-            writer: WriterConfig {
-                rows_per_file: args.rows_per_file.max(1),
-                ..Default::default()
-            },
-        },
-        cluster: ClusterConfig {
-            workers: args.workers,
-            processes: args.processes,
-            process: args.process,
-            hostfile: args.hostfile,
-        },
-        drain: args.drain,
-    };
     let report = job::run(cfg, Arc::default(), rt.handle().clone())?;
-    let rows: Vec<String> = report
-        .written
-        .rows
-        .iter()
-        .map(|(t, n)| format!("{t}={n}"))
-        .collect();
+    let rows: Vec<String> = report.written.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
     println!(
         "stockflow job done: {} files, {} bytes, rows {} in {:.1}s",
         report.written.files,
@@ -131,9 +88,9 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let start_ms = match &args.start {
-        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .with_context(|| format!("--start '{s}'"))?
-            .timestamp_millis(),
+        Some(s) => {
+            chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("--start '{s}'"))?.timestamp_millis()
+        }
         None => stockflow::simulate::market::DEFAULT_START_MS,
     };
     let market = MarketConfig {
@@ -156,32 +113,22 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         tracing::info!(addr = %listener.local_addr()?, "simulator listening");
-        stockflow::simulate::serve(listener, cfg)
-            .await
-            .context("simulator")
+        stockflow::simulate::serve(listener, cfg).await.context("simulator")
     })
 }
 
 fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
     let mut symbols = args.symbols.clone();
     if let Some(path) = &args.symbols_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         symbols.extend(
-            text.lines()
-                .map(|l| l.split('#').next().unwrap_or("").trim())
-                .filter(|l| !l.is_empty())
-                .map(String::from),
+            text.lines().map(|l| l.split('#').next().unwrap_or("").trim()).filter(|l| !l.is_empty()).map(String::from),
         );
     }
     if symbols.is_empty() {
         anyhow::bail!("no symbols: pass --symbols A,B or --symbols-file F");
     }
-    let cfg = ingest::IngestConfig {
-        url: args.url,
-        symbols,
-        kafka: kafka(args.kafka),
-    };
+    let cfg = ingest::IngestConfig { url: args.url, symbols, kafka: args.kafka.config() };
     let rt = runtime()?;
     let stats = rt.block_on(ingest::run(cfg))?;
     println!(

@@ -3,74 +3,40 @@
 use std::process::{Command, Output};
 
 fn stockflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stockflow"))
-        .args(args)
-        .output()
-        .expect("run stockflow")
+    Command::new(env!("CARGO_BIN_EXE_stockflow")).args(args).output().expect("run stockflow")
 }
 
 fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(str::to_owned)
-        .filter(|l| !l.trim().is_empty())
-        .collect()
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_owned).filter(|l| !l.trim().is_empty()).collect()
 }
 
 /// Reads the "N records produced" figure from the demo's summary line.
 fn produced(stdout: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("stockflow demo:"))
-        .expect("summary line");
-    line.split_whitespace()
-        .nth(2)
-        .and_then(|n| n.parse().ok())
-        .expect("records produced")
+    let line = stdout.lines().find(|l| l.starts_with("stockflow demo:")).expect("summary line");
+    line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).expect("records produced")
 }
 
 #[test]
 fn demo_lands_every_record_and_opens_in_pyarrow_and_duckdb() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
-    let out = stockflow(&[
-        "demo",
-        "--trades",
-        "60000",
-        "--symbols",
-        "30",
-        "--lake",
-        lake.to_str().expect("utf8"),
-    ]);
+    let out = stockflow(&["demo", "--trades", "60000", "--symbols", "30", "--lake", lake.to_str().expect("utf8")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(produced(&stdout), 60_000);
     assert!(stdout.contains("landed exactly once"), "{stdout}");
 
     // The lake must open with the readers people use, without options.
-    let has_readers = Command::new("python3")
-        .args(["-c", "import pyarrow, duckdb"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let has_readers =
+        Command::new("python3").args(["-c", "import pyarrow, duckdb"]).status().is_ok_and(|s| s.success());
     if !has_readers {
         // CI installs them (see .ci/run); elsewhere say what was not checked rather than fail.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "pyarrow and duckdb are required in CI"
-        );
+        assert!(std::env::var_os("CI").is_none(), "pyarrow and duckdb are required in CI");
         eprintln!("skipping the pyarrow/DuckDB check: pip install pyarrow duckdb");
         return;
     }
     let check = Command::new("python3")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/check_lake.py"),
-            lake.to_str().expect("utf8"),
-            "60000",
-        ])
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/check_lake.py"), lake.to_str().expect("utf8"), "60000"])
         .output()
         .expect("python3");
     assert!(
@@ -85,31 +51,17 @@ fn demo_lands_every_record_and_opens_in_pyarrow_and_duckdb() {
 fn demo_refuses_to_clear_a_folder_that_is_not_a_lake() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("thesis.tex"), "precious").expect("write");
-    let out = stockflow(&[
-        "demo",
-        "--trades",
-        "10",
-        "--lake",
-        dir.path().to_str().expect("utf8"),
-    ]);
+    let out = stockflow(&["demo", "--trades", "10", "--lake", dir.path().to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(1));
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].starts_with("error:") && lines[0].contains("not a stockflow lake"),
-        "{lines:?}"
-    );
+    assert!(lines[0].starts_with("error:") && lines[0].contains("not a stockflow lake"), "{lines:?}");
     assert!(dir.path().join("thesis.tex").exists());
 }
 
 #[test]
 fn bad_flags_give_one_line_and_exit_2() {
-    for args in [
-        &["--workers", "many"][..],
-        &["--window", "0s"],
-        &["-X", "novalue"],
-        &["demo", "--bogus"],
-    ] {
+    for args in [&["--workers", "many"][..], &["--window", "0s"], &["-X", "novalue"], &["demo", "--bogus"]] {
         let out = stockflow(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let lines = stderr_lines(&out);
@@ -122,23 +74,11 @@ fn bad_flags_give_one_line_and_exit_2() {
 fn unreachable_broker_is_one_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Port 1 on loopback refuses connections.
-    let out = stockflow(&[
-        "--brokers",
-        "127.0.0.1:1",
-        "--drain",
-        "--lake",
-        dir.path().to_str().expect("utf8"),
-    ]);
+    let out = stockflow(&["--brokers", "127.0.0.1:1", "--drain", "--lake", dir.path().to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(1));
-    let lines: Vec<String> = stderr_lines(&out)
-        .into_iter()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let lines: Vec<String> = stderr_lines(&out).into_iter().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("cannot reach Kafka brokers at 127.0.0.1:1"),
-        "{lines:?}"
-    );
+    assert!(lines[0].contains("cannot reach Kafka brokers at 127.0.0.1:1"), "{lines:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
 
@@ -146,26 +86,15 @@ fn unreachable_broker_is_one_clear_error() {
 fn cluster_flags_are_validated() {
     let out = stockflow(&["-w", "0", "--drain"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_lines(&out)
-            .iter()
-            .any(|l| l.contains("-w must be at least 1"))
-    );
+    assert!(stderr_lines(&out).iter().any(|l| l.contains("-w must be at least 1")));
     let out = stockflow(&["-n", "2", "-p", "0", "--drain"]);
-    assert!(
-        stderr_lines(&out)
-            .iter()
-            .any(|l| l.contains("needs a host file"))
-    );
+    assert!(stderr_lines(&out).iter().any(|l| l.contains("needs a host file")));
 }
 
 #[test]
 fn simulator_lists_its_universe() {
     let out = stockflow(&["simulate", "--symbols", "10", "--list-symbols"]);
     assert!(out.status.success());
-    let symbols: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let symbols: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(symbols, stockflow::simulate::universe(10));
 }

@@ -1,13 +1,17 @@
 //! End to end through the embedded broker: simulator → ingest → Kafka (librdkafka's mock
 //! cluster) → job → lake, checked against the sequential reference computed from the very
-//! log that landed in Kafka.
+//! log that landed in Kafka, and across cluster shapes: `-w 1`, `-w 3` and two processes
+//! (`-n 2`) must land the same final bars and the same trades.
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, BooleanArray, Int32Array, Int64Array, StringArray};
+use arrow::array::{BooleanArray, Int32Array, Int64Array, StringArray};
 use dataflows::TimeConfig;
+use dataflows::bars::BarsConfig;
 use dataflows::memlog::{MemLog, MemRecord};
 use dataflows::reference::{diff_bars, expected};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -25,36 +29,22 @@ use stockflow::sink::SinkConfig;
 /// Every record of the topic, per partition in offset order, as the job will see it.
 fn read_topic(kafka: &KafkaConfig, partitions: i32) -> MemLog {
     let ends = kafka.watermarks(partitions).expect("watermarks");
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", "test-reader")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = kafka.client_config().set("group.id", "test-reader").create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(&kafka.topic, p, Offset::Beginning)
-            .expect("partition");
+        tpl.add_partition_offset(&kafka.topic, p, Offset::Beginning).expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut log = MemLog {
-        partitions: vec![Vec::new(); partitions as usize],
-    };
+    let mut log = MemLog { partitions: vec![Vec::new(); partitions as usize] };
     let total: i64 = ends.values().map(|(lo, hi)| hi - lo).sum();
     let mut read = 0;
     while read < total {
         match consumer.poll(Duration::from_secs(5)) {
             Some(Ok(m)) => {
                 let records = &mut log.partitions[m.partition() as usize];
-                assert_eq!(
-                    records.len() as i64,
-                    m.offset(),
-                    "gap in partition {}",
-                    m.partition()
-                );
-                records.push(MemRecord {
-                    timestamp: m.timestamp().to_millis(),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                });
+                assert_eq!(records.len() as i64, m.offset(), "gap in partition {}", m.partition());
+                records
+                    .push(MemRecord { timestamp: m.timestamp().to_millis(), payload: m.payload().map(<[u8]>::to_vec) });
                 read += 1;
             }
             Some(Err(e)) => panic!("reading the topic back: {e}"),
@@ -64,84 +54,29 @@ fn read_topic(kafka: &KafkaConfig, partitions: i32) -> MemLog {
     log
 }
 
-struct Landed {
-    trades: BTreeMap<(i32, i64), bool>,
-    quarantine: BTreeMap<(i32, i64), String>,
-    bars: Vec<dataflows::Bar>,
-    duplicates: usize,
+const WIDTHS: [u64; 2] = [60_000, 300_000];
+const HORIZON_MS: u64 = 1_800_000;
+
+fn bars_config() -> BarsConfig {
+    BarsConfig { widths: WIDTHS.to_vec(), horizon_ms: HORIZON_MS }
 }
 
-async fn read_lake(lake: &Lake) -> Landed {
-    let mut landed = Landed {
-        trades: BTreeMap::new(),
-        quarantine: BTreeMap::new(),
-        bars: Vec::new(),
-        duplicates: 0,
-    };
-    for batch in read::read_table(lake, &Table::Trades)
-        .await
-        .expect("trades")
-    {
-        let col = |n: &str| batch.column_by_name(n).expect(n).clone();
-        let (p, o, late) = (col("kafka_partition"), col("kafka_offset"), col("late"));
-        let p = p.as_any().downcast_ref::<Int32Array>().expect("partition");
-        let o = o.as_any().downcast_ref::<Int64Array>().expect("offset");
-        let late = late.as_any().downcast_ref::<BooleanArray>().expect("late");
-        for i in 0..batch.num_rows() {
-            if landed
-                .trades
-                .insert((p.value(i), o.value(i)), late.value(i))
-                .is_some()
-            {
-                landed.duplicates += 1;
-            }
-        }
-    }
-    for batch in read::read_table(lake, &Table::Quarantine)
-        .await
-        .expect("quarantine")
-    {
-        let col = |n: &str| batch.column_by_name(n).expect(n).clone();
-        let (p, o, r) = (col("kafka_partition"), col("kafka_offset"), col("reason"));
-        let p = p.as_any().downcast_ref::<Int32Array>().expect("partition");
-        let o = o.as_any().downcast_ref::<Int64Array>().expect("offset");
-        let r = r.as_any().downcast_ref::<StringArray>().expect("reason");
-        for i in 0..batch.num_rows() {
-            if landed
-                .quarantine
-                .insert((p.value(i), o.value(i)), r.value(i).to_owned())
-                .is_some()
-            {
-                landed.duplicates += 1;
-            }
-        }
-    }
-    let bars = read::read_table(lake, &Table::Bars(60_000))
-        .await
-        .expect("bars");
-    landed.bars = read::bars(&bars).expect("bars rows");
-    landed
+/// A mock cluster whose topic holds a seeded log (with anomalies and late trades) put there by
+/// the simulator and ingest, and that log as the job will read it.
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    kafka: KafkaConfig,
+    log: MemLog,
 }
 
-fn run_pipeline(seed: u64, records: u64, partitions: i32, workers: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+fn fixture(seed: u64, records: u64, partitions: i32) -> Fixture {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mock = MockCluster::new(1).expect("mock cluster");
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        topic: "trades".into(),
-        properties: vec![],
-    };
-    mock.create_topic(&kafka.topic, partitions, 1)
-        .expect("topic");
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic: "trades".into(), properties: vec![] };
+    mock.create_topic(&kafka.topic, partitions, 1).expect("topic");
 
-    // Simulator → ingest → Kafka, with plenty of anomalies and late trades.
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let url = format!("ws://{}", listener.local_addr().expect("addr"));
     let market = MarketConfig {
         seed,
@@ -151,84 +86,168 @@ fn run_pipeline(seed: u64, records: u64, partitions: i32, workers: usize) {
         market_rate: 200.0,
         ..Default::default()
     };
-    let server = rt.spawn(serve(
-        listener,
-        SimulateConfig {
-            market,
-            rate: None,
-            total: Some(records),
-            ping_every: Duration::from_secs(1),
-        },
-    ));
-    let stats = rt
-        .block_on(ingest::run(IngestConfig {
-            url,
-            symbols: universe(40),
-            kafka: kafka.clone(),
-        }))
-        .expect("ingest");
+    let sim = SimulateConfig { market, rate: None, total: Some(records), ping_every: Duration::from_secs(1) };
+    let server = rt.spawn(serve(listener, sim));
+    let stats =
+        rt.block_on(ingest::run(IngestConfig { url, symbols: universe(40), kafka: kafka.clone() })).expect("ingest");
     server.abort();
-    assert_eq!(
-        stats.records, records,
-        "ingest forwards one record per trade object"
-    );
+    assert_eq!(stats.records, records, "ingest forwards one record per trade object");
     assert_eq!(stats.delivered, records);
 
     let log = read_topic(&kafka, partitions);
     assert_eq!(log.len() as u64, records);
-    let want = expected(&log, TimeConfig::default());
+    Fixture { rt, mock, kafka, log }
+}
 
+struct Landed {
+    trades: BTreeMap<(i32, i64), bool>,
+    quarantine: BTreeMap<(i32, i64), String>,
+    /// Bar rows of every width table, tagged with the width index.
+    bars: Vec<(u8, dataflows::Bar)>,
+    duplicates: usize,
+}
+
+fn column<'a, T: 'static>(batch: &'a arrow::record_batch::RecordBatch, name: &str) -> &'a T {
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("column {name}"))
+}
+
+async fn read_lake(lake: &Lake) -> Landed {
+    let mut landed = Landed { trades: BTreeMap::new(), quarantine: BTreeMap::new(), bars: Vec::new(), duplicates: 0 };
+    for batch in read::read_table(lake, &Table::Trades).await.expect("trades") {
+        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
+        let late = column::<BooleanArray>(&batch, "late");
+        for i in 0..batch.num_rows() {
+            if landed.trades.insert((p.value(i), o.value(i)), late.value(i)).is_some() {
+                landed.duplicates += 1;
+            }
+        }
+    }
+    for batch in read::read_table(lake, &Table::Quarantine).await.expect("quarantine") {
+        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
+        let r = column::<StringArray>(&batch, "reason");
+        for i in 0..batch.num_rows() {
+            if landed.quarantine.insert((p.value(i), o.value(i)), r.value(i).to_owned()).is_some() {
+                landed.duplicates += 1;
+            }
+        }
+    }
+    for (i, width) in WIDTHS.iter().enumerate() {
+        let rows = read::bars(&read::read_table(lake, &Table::Bars(*width)).await.expect("bars")).expect("bar rows");
+        landed.bars.extend(rows.into_iter().map(|b| (i as u8, b)));
+    }
+    landed
+}
+
+/// Checks a lake against the reference of the fixture's log.
+fn check_lake(f: &Fixture, dir: &Path) -> Landed {
+    let want = expected(&f.log, TimeConfig::default(), &bars_config());
+    let lake = Lake::open(&dir.to_string_lossy()).expect("lake");
+    let landed = f.rt.block_on(read_lake(&lake));
+    assert_eq!(landed.duplicates, 0, "records landed twice");
+    assert_eq!(landed.trades, want.trades, "trades (and late flags) differ from the log");
+    let reasons: BTreeMap<_, _> = want.quarantine.iter().map(|(k, r)| (*k, r.as_str().to_owned())).collect();
+    assert_eq!(landed.quarantine, reasons, "quarantine differs from the log");
+    assert!(want.trades.values().any(|&late| late), "the log exercises lateness");
+    if let Err(diff) = diff_bars(&landed.bars, &want.bars) {
+        panic!("lake bars differ from the sequential reference:\n{diff}");
+    }
+    landed
+}
+
+fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
+    let f = fixture(seed, records, partitions);
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = JobConfig {
-        kafka,
+        kafka: f.kafka.clone(),
         lake: dir.path().to_string_lossy().into_owned(),
         time: TimeConfig::default(),
+        bars: bars_config(),
+        idle_timeout: None,
         sink: SinkConfig {
             commit_interval_ms: 60_000,
-            bar_width_ms: 60_000,
-            writer: WriterConfig {
-                rows_per_file: 5_000,
-                ..Default::default()
-            },
+            bar_widths: WIDTHS.to_vec(),
+            writer: WriterConfig { rows_per_file: 5_000, ..Default::default() },
         },
         cluster: ClusterConfig::local(workers),
         drain: true,
     };
-    let report = job::run(cfg, Arc::default(), rt.handle().clone()).expect("job");
+    let report = job::run(cfg, Arc::default(), f.rt.handle().clone()).expect("job");
     assert!(report.written.files > 0);
-
-    let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
-    let landed = rt.block_on(read_lake(&lake));
-    assert_eq!(landed.duplicates, 0, "records landed twice");
-    assert_eq!(
-        landed.trades, want.trades,
-        "trades (and late flags) differ from the log"
-    );
-    let reasons: BTreeMap<_, _> = want
-        .quarantine
-        .iter()
-        .map(|(k, r)| (*k, r.as_str().to_owned()))
-        .collect();
-    assert_eq!(
-        landed.quarantine, reasons,
-        "quarantine differs from the log"
-    );
-    assert!(
-        !want.quarantine.is_empty() && want.trades.values().any(|&late| late),
-        "the log exercises anomalies and lateness"
-    );
-    if let Err(diff) = diff_bars(&landed.bars, &want.bars) {
-        panic!("lake bars differ from the sequential reference:\n{diff}");
-    }
-    drop(mock);
+    let landed = check_lake(&f, dir.path());
+    assert!(landed.bars.iter().any(|(_, b)| b.revision > 0), "late trades within the horizon revise bars");
+    drop(f.mock);
 }
 
 #[test]
 fn lake_matches_reference_through_mock_kafka_1w() {
-    run_pipeline(7, 40_000, 3, 1);
+    run_in_process(7, 40_000, 3, 1);
 }
 
 #[test]
 fn lake_matches_reference_through_mock_kafka_2w() {
-    run_pipeline(11, 40_000, 4, 2);
+    run_in_process(11, 40_000, 4, 2);
+}
+
+/// Runs the binary's job with `--drain` on the fixture's topic into `lake`.
+fn job_command(f: &Fixture, lake: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));
+    cmd.args(["--brokers", &f.kafka.brokers, "--topic", &f.kafka.topic, "--drain", "--bars", "1m,5m"])
+        .args(["--revision-horizon", "30m", "--lake"])
+        .arg(lake)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn wait_ok(child: Child, what: &str) {
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sorted_bars(landed: &Landed) -> Vec<(u8, String, i64, u32, u64)> {
+    let mut v: Vec<_> = landed
+        .bars
+        .iter()
+        .map(|(w, b)| (*w, b.symbol.to_string(), b.window_start, b.revision, b.trade_count))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn same_lake_from_one_worker_three_workers_and_two_processes() {
+    let f = fixture(23, 30_000, 6);
+    let (w1, w3, n2) =
+        (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+
+    wait_ok(job_command(&f, w1.path(), &["-w", "1"]).spawn().expect("spawn"), "-w 1");
+    wait_ok(job_command(&f, w3.path(), &["-w", "3"]).spawn().expect("spawn"), "-w 3");
+
+    // Two processes of two workers each, talking over loopback.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port())
+        .collect();
+    let hosts = n2.path().join("hosts.txt");
+    std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
+    let lake = n2.path().join("lake");
+    let hosts = hosts.to_string_lossy().into_owned();
+    let procs: Vec<Child> = (0..2)
+        .map(|p| {
+            let p = p.to_string();
+            job_command(&f, &lake, &["-w", "2", "-n", "2", "-p", &p, "-h", &hosts]).spawn().expect("spawn")
+        })
+        .collect();
+    for (i, child) in procs.into_iter().enumerate() {
+        wait_ok(child, &format!("process {i} of -n 2"));
+    }
+
+    let one = check_lake(&f, w1.path());
+    let three = check_lake(&f, w3.path());
+    let two_procs = check_lake(&f, &lake);
+    // Beyond matching the reference, the revision history itself agrees (no idle timeout fired).
+    assert_eq!(sorted_bars(&one), sorted_bars(&three), "-w 1 and -w 3 wrote different bar rows");
+    assert_eq!(sorted_bars(&one), sorted_bars(&two_procs), "-w 1 and -n 2 wrote different bar rows");
+    assert_eq!(one.trades, two_procs.trades);
+    drop(f.mock);
 }

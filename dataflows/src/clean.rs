@@ -202,10 +202,7 @@ impl RawTrade<'_> {
             Value::Float(_) => None,
             _ => return Err(Reason::BadType),
         };
-        if symbol.is_empty()
-            || symbol.len() > MAX_SYMBOL_BYTES
-            || symbol.chars().any(char::is_control)
-        {
+        if symbol.is_empty() || symbol.len() > MAX_SYMBOL_BYTES || symbol.chars().any(char::is_control) {
             return Err(Reason::BadSymbol);
         }
         if !(price.is_finite() && price > 0.0) {
@@ -223,13 +220,7 @@ impl RawTrade<'_> {
             Some(Value::Strings(list)) => Some(list),
             Some(_) => return Err(Reason::BadConditions),
         };
-        Ok(CleanTrade {
-            symbol: Symbol::from(symbol.as_ref()),
-            price,
-            volume,
-            ts,
-            conditions,
-        })
+        Ok(CleanTrade { symbol: Symbol::from(symbol.as_ref()), price, volume, ts, conditions })
     }
 }
 
@@ -286,11 +277,7 @@ impl<'de> Visitor<'de> for RawTradeVisitor {
             let value = map.next_value::<Value<'de>>()?;
             duplicate |= slot.replace(value).is_some();
         }
-        Ok(if duplicate {
-            RawTrade::Duplicate
-        } else {
-            RawTrade::Fields { s, p, v, t, c }
-        })
+        Ok(if duplicate { RawTrade::Duplicate } else { RawTrade::Fields { s, p, v, t, c } })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::source::{RawRecord, RecordSource, SourcePoll};
 
@@ -40,20 +41,21 @@ pub struct MemSource {
     log: Arc<MemLog>,
     cursors: Vec<(usize, usize)>,
     chunk: usize,
+    /// While set, an exhausted log reports `Idle` rather than `Done`, like a live topic.
+    open: Option<Arc<AtomicBool>>,
 }
 
 impl MemSource {
     /// The reader for worker `index` of `peers`.
     pub fn new(log: Arc<MemLog>, index: usize, peers: usize, chunk: usize) -> Self {
-        let cursors = (0..log.partitions.len())
-            .filter(|p| p % peers == index)
-            .map(|p| (p, 0))
-            .collect();
-        MemSource {
-            log,
-            cursors,
-            chunk: chunk.max(1),
-        }
+        let cursors = (0..log.partitions.len()).filter(|p| p % peers == index).map(|p| (p, 0)).collect();
+        MemSource { log, cursors, chunk: chunk.max(1), open: None }
+    }
+
+    /// Keeps the source open (idle once the log is read) until `open` is cleared.
+    pub fn held_open(mut self, open: Arc<AtomicBool>) -> Self {
+        self.open = Some(open);
+        self
     }
 }
 
@@ -64,11 +66,7 @@ impl RecordSource for MemSource {
         self.cursors.iter().map(|&(p, _)| p as i32).collect()
     }
 
-    fn poll(
-        &mut self,
-        max: usize,
-        each: &mut dyn FnMut(RawRecord<'_>),
-    ) -> Result<SourcePoll, Infallible> {
+    fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Infallible> {
         let mut budget = max;
         for (p, next) in self.cursors.iter_mut() {
             let records = &self.log.partitions[*p];
@@ -84,14 +82,12 @@ impl RecordSource for MemSource {
             *next += take;
             budget -= take;
         }
-        let done = self
-            .cursors
-            .iter()
-            .all(|&(p, next)| next == self.log.partitions[p].len());
-        Ok(if done {
-            SourcePoll::Done
-        } else {
-            SourcePoll::Busy
+        let done = self.cursors.iter().all(|&(p, next)| next == self.log.partitions[p].len());
+        let held = self.open.as_ref().is_some_and(|o| o.load(Ordering::SeqCst));
+        Ok(match (done, held) {
+            (false, _) => SourcePoll::Busy,
+            (true, true) => SourcePoll::Idle,
+            (true, false) => SourcePoll::Done,
         })
     }
 }
@@ -103,8 +99,8 @@ pub struct Collected {
     pub trades: Vec<crate::Trade>,
     /// Quarantined records.
     pub quarantine: Vec<crate::Quarantined>,
-    /// Bars.
-    pub bars: Vec<crate::Bar>,
+    /// Bar rows (every revision), tagged with their width index.
+    pub bars: Vec<(u8, crate::Bar)>,
 }
 
 /// Runs the pipeline over `log` on `workers` threads and gathers its outputs; the way tests
@@ -114,6 +110,7 @@ pub fn run_memlog(
     workers: usize,
     chunk: usize,
     cfg: crate::source::SourceConfig,
+    bars: crate::bars::BarsConfig,
 ) -> Collected {
     use std::sync::Mutex;
     use timely::dataflow::operators::{Inspect, Probe};
@@ -123,37 +120,24 @@ pub fn run_memlog(
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let source = MemSource::new(Arc::clone(&log), index, peers, chunk);
-        let (t, q, b) = (
-            Arc::clone(&shared),
-            Arc::clone(&shared),
-            Arc::clone(&shared),
-        );
+        let (t, q, b) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
         let probe = worker.dataflow(|scope| {
-            let out = crate::build_pipeline(scope, source, cfg.clone());
+            let out = crate::build_pipeline(scope, source, cfg.clone(), bars.clone());
             out.trades.inspect_core(move |c| {
                 if let Ok((_, batch)) = c {
-                    t.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .trades
-                        .extend_from_slice(batch);
+                    t.lock().unwrap_or_else(|e| e.into_inner()).trades.extend_from_slice(batch);
                 }
             });
             out.quarantine.inspect_core(move |c| {
                 if let Ok((_, batch)) = c {
-                    q.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .quarantine
-                        .extend_from_slice(batch);
+                    q.lock().unwrap_or_else(|e| e.into_inner()).quarantine.extend_from_slice(batch);
                 }
             });
             let (probe, _) = out
                 .bars
                 .inspect_core(move |c| {
                     if let Ok((_, batch)) = c {
-                        b.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .bars
-                            .extend_from_slice(batch);
+                        b.lock().unwrap_or_else(|e| e.into_inner()).bars.extend_from_slice(batch);
                     }
                 })
                 .probe();

@@ -3,7 +3,7 @@
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::Time;
-use crate::bars::{Bar, BarsExt};
+use crate::bars::{Bar, BarsConfig, bars};
 use crate::source::{ErrorSlot, RecordSource, SourceConfig, log_source};
 use crate::trade::{Quarantined, Trade};
 
@@ -13,8 +13,8 @@ pub struct Outputs<'scope, E> {
     pub trades: StreamVec<'scope, Time, Trade>,
     /// Every rejected record.
     pub quarantine: StreamVec<'scope, Time, Quarantined>,
-    /// Bars of the configured window, at the worker owning the symbol.
-    pub bars: StreamVec<'scope, Time, Bar>,
+    /// Bar rows (every revision) tagged with the index of their width in `BarsConfig::widths`.
+    pub bars: StreamVec<'scope, Time, (u8, Bar)>,
     /// Source failure, if any.
     pub error: ErrorSlot<E>,
 }
@@ -24,14 +24,9 @@ pub fn build_pipeline<'scope, S: RecordSource>(
     scope: Scope<'scope, Time>,
     source: S,
     cfg: SourceConfig,
+    bars_cfg: BarsConfig,
 ) -> Outputs<'scope, S::Error> {
-    let time = cfg.time;
     let streams = log_source(scope, source, cfg);
-    let bars = streams.ticks.bars(time);
-    Outputs {
-        trades: streams.trades,
-        quarantine: streams.quarantine,
-        bars,
-        error: streams.error,
-    }
+    let bars = bars(streams.ticks, bars_cfg);
+    Outputs { trades: streams.trades, quarantine: streams.quarantine, bars, error: streams.error }
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::bars::Bar;
+use crate::bars::{Bar, BarsConfig};
 use crate::clean::{Reason, clean};
 use crate::memlog::MemLog;
 use crate::time::TimeConfig;
@@ -18,18 +18,24 @@ pub struct Expected {
     pub trades: BTreeMap<(i32, i64), bool>,
     /// `(partition, offset)` of every rejected record, with its reason.
     pub quarantine: BTreeMap<(i32, i64), Reason>,
-    /// Bars by `(symbol, window_start)`.
-    pub bars: BTreeMap<(String, i64), Bar>,
+    /// Final bars (latest revision, revision number not predicted) by
+    /// `(width index, symbol, window_start)`.
+    pub bars: BTreeMap<FinalKey, Bar>,
 }
 
-/// `(t, partition, offset, price, volume)` of an on-time trade.
-type OnTime = (i64, i32, i64, f64, f64);
+/// `(t, partition, offset, price, volume)` of a trade in a bar.
+type InBar = (i64, i32, i64, f64, f64);
 
-/// Computes [`Expected`] for `log` sequentially.
-pub fn expected(log: &MemLog, cfg: TimeConfig) -> Expected {
+/// `(width index, symbol, window_start)`.
+pub type FinalKey = (u8, String, i64);
+
+/// Computes [`Expected`] for `log` sequentially: trades are late by the base window of
+/// `time`; a trade belongs to the final bar of width `w` when that window's end is past the
+/// partition's watermark minus the horizon at its arrival.
+pub fn expected(log: &MemLog, time: TimeConfig, bars: &BarsConfig) -> Expected {
     let mut out = Expected::default();
-    let w = cfg.window_ms as i64;
-    let mut on_time: BTreeMap<(String, i64), Vec<OnTime>> = BTreeMap::new();
+    let base = time.window_ms as i64;
+    let mut members: BTreeMap<FinalKey, Vec<InBar>> = BTreeMap::new();
     for (p, records) in log.partitions.iter().enumerate() {
         let mut max_ts: Option<i64> = None;
         for (o, rec) in records.iter().enumerate() {
@@ -39,28 +45,32 @@ pub fn expected(log: &MemLog, cfg: TimeConfig) -> Expected {
                     out.quarantine.insert(key, reason);
                 }
                 Ok(t) => {
-                    let start = t.ts.div_euclid(w) * w;
-                    let late = max_ts.is_some_and(|m| start + w <= m - cfg.lateness_ms as i64);
-                    max_ts = Some(max_ts.map_or(t.ts, |m| m.max(t.ts)));
+                    let pw = max_ts.map(|m| m - time.lateness_ms as i64);
+                    let late = pw.is_some_and(|pw| t.ts.div_euclid(base) * base + base <= pw);
                     out.trades.insert(key, late);
-                    if !late {
-                        on_time
-                            .entry((t.symbol.to_string(), start))
-                            .or_default()
-                            .push((t.ts, key.0, key.1, t.price, t.volume));
+                    for (i, &width) in bars.widths.iter().enumerate() {
+                        let w = width as i64;
+                        let start = t.ts.div_euclid(w) * w;
+                        if pw.is_none_or(|pw| start + w > pw - bars.horizon_ms as i64) {
+                            members
+                                .entry((i as u8, t.symbol.to_string(), start))
+                                .or_default()
+                                .push((t.ts, key.0, key.1, t.price, t.volume));
+                        }
                     }
+                    max_ts = Some(max_ts.map_or(t.ts, |m| m.max(t.ts)));
                 }
             }
         }
     }
-    for ((symbol, start), mut ts) in on_time {
+    for ((width, symbol, start), mut ts) in members {
         ts.sort_by_key(|t| (t.0, t.1, t.2));
         let volume: f64 = ts.iter().map(|t| t.4).sum();
         let notional: f64 = ts.iter().map(|t| t.3 * t.4).sum();
         let bar = Bar {
             symbol: symbol.as_str().into(),
             window_start: start,
-            window_end: start + w,
+            window_end: start + bars.widths[width as usize] as i64,
             open: ts[0].3,
             high: ts.iter().map(|t| t.3).fold(f64::MIN, f64::max),
             low: ts.iter().map(|t| t.3).fold(f64::MAX, f64::min),
@@ -70,17 +80,41 @@ pub fn expected(log: &MemLog, cfg: TimeConfig) -> Expected {
             trade_count: ts.len() as u64,
             revision: 0,
         };
-        out.bars.insert((symbol, start), bar);
+        out.bars.insert((width, symbol, start), bar);
     }
     out
+}
+
+/// The latest revision of every bar in `rows`; `Err` if a revision is written twice or the
+/// revisions of a bar are not dense (0, 1, 2, ...).
+pub fn latest(rows: &[(u8, Bar)]) -> Result<BTreeMap<FinalKey, Bar>, String> {
+    let mut all: BTreeMap<FinalKey, BTreeMap<u32, &Bar>> = BTreeMap::new();
+    let mut report = String::new();
+    for (width, bar) in rows {
+        let key = (*width, bar.symbol.to_string(), bar.window_start);
+        if all.entry(key.clone()).or_default().insert(bar.revision, bar).is_some() {
+            let _ = writeln!(report, "revision {} of {key:?} written twice", bar.revision);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (key, revisions) in all {
+        let dense = revisions.keys().copied().eq(0..revisions.len() as u32);
+        if !dense {
+            let _ = writeln!(report, "revisions of {key:?} are not dense: {:?}", revisions.keys().collect::<Vec<_>>());
+        }
+        if let Some((_, bar)) = revisions.last_key_value() {
+            out.insert(key, (*bar).clone());
+        }
+    }
+    if report.is_empty() { Ok(out) } else { Err(report) }
 }
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Whether two bars agree: prices and counts exactly, sums to a relative 1e-9 (the dataflow
-/// sums in fixed point, the reference in floating point).
+/// Whether two bars agree (revision aside): prices and counts exactly, sums to a relative
+/// 1e-9 (the dataflow sums in fixed point, the reference in floating point).
 pub fn same_bar(a: &Bar, b: &Bar) -> bool {
     a.symbol == b.symbol
         && a.window_start == b.window_start
@@ -90,7 +124,6 @@ pub fn same_bar(a: &Bar, b: &Bar) -> bool {
         && a.low == b.low
         && a.close == b.close
         && a.trade_count == b.trade_count
-        && a.revision == b.revision
         && close(a.volume, b.volume)
         && match (a.vwap, b.vwap) {
             (Some(x), Some(y)) => close(x, y),
@@ -99,41 +132,29 @@ pub fn same_bar(a: &Bar, b: &Bar) -> bool {
         }
 }
 
-/// Compares produced bars with the expected ones; `Err` lists every difference.
-pub fn diff_bars(got: &[Bar], want: &BTreeMap<(String, i64), Bar>) -> Result<(), String> {
+/// Compares the latest revisions of produced bar rows with the expected final bars; `Err`
+/// lists every difference (and any duplicate or missing revision).
+pub fn diff_bars(got: &[(u8, Bar)], want: &BTreeMap<FinalKey, Bar>) -> Result<(), String> {
     let mut report = String::new();
-    let mut by_key: BTreeMap<(String, i64), &Bar> = BTreeMap::new();
-    for bar in got {
-        if by_key
-            .insert((bar.symbol.to_string(), bar.window_start), bar)
-            .is_some()
-        {
-            let _ = writeln!(
-                report,
-                "duplicate bar {} @ {}",
-                bar.symbol, bar.window_start
-            );
-        }
-    }
+    let got = latest(got).unwrap_or_else(|e| {
+        report.push_str(&e);
+        BTreeMap::new()
+    });
     for (key, w) in want {
-        match by_key.get(key) {
+        match got.get(key) {
             None => {
-                let _ = writeln!(report, "missing  {w:?}");
+                let _ = writeln!(report, "missing  {key:?} {w:?}");
             }
             Some(g) if !same_bar(g, w) => {
-                let _ = writeln!(report, "differs  got  {g:?}\n         want {w:?}");
+                let _ = writeln!(report, "differs  {key:?}\n         got  {g:?}\n         want {w:?}");
             }
             Some(_) => {}
         }
     }
-    for (key, g) in &by_key {
+    for (key, g) in &got {
         if !want.contains_key(key) {
-            let _ = writeln!(report, "extra    {g:?}");
+            let _ = writeln!(report, "extra    {key:?} {g:?}");
         }
     }
-    if report.is_empty() {
-        Ok(())
-    } else {
-        Err(report)
-    }
+    if report.is_empty() { Ok(()) } else { Err(report) }
 }

@@ -8,7 +8,8 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
@@ -55,11 +56,7 @@ pub trait RecordSource: 'static {
     fn partitions(&self) -> Vec<i32>;
 
     /// Delivers up to `max` records, in offset order within each partition, to `each`.
-    fn poll(
-        &mut self,
-        max: usize,
-        each: &mut dyn FnMut(RawRecord<'_>),
-    ) -> Result<SourcePoll, Self::Error>;
+    fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Self::Error>;
 
     /// Installs a callback the source calls when records arrive after it reported `Idle`.
     fn set_waker(&mut self, _waker: Box<dyn Fn() + Send + Sync>) {}
@@ -74,6 +71,34 @@ pub struct SourceConfig {
     pub batch: usize,
     /// Watermark of each partition at the first record it will deliver (empty: from scratch).
     pub clocks: HashMap<i32, PartitionClock>,
+    /// A partition without records for this long stops holding the frontier back (`None`:
+    /// never; right for a finite log). Wall-clock idleness only decides *when* windows close,
+    /// never which trades are late or what a final bar holds.
+    pub idle_timeout: Option<Duration>,
+    /// Where the sources of one process share their watermarks, so a worker whose partitions
+    /// are all idle can follow the others instead of holding every window open.
+    pub board: Option<Arc<WatermarkBoard>>,
+}
+
+/// The watermarks of the workers of one process, for workers whose partitions are all idle.
+#[derive(Debug, Default)]
+pub struct WatermarkBoard {
+    lows: Mutex<HashMap<usize, Option<Time>>>,
+}
+
+impl WatermarkBoard {
+    /// Records what worker `worker` knows of event time (`None`: it has seen no trades).
+    pub fn publish(&self, worker: usize, low: Option<Time>) {
+        if let Ok(mut lows) = self.lows.lock() {
+            lows.insert(worker, low);
+        }
+    }
+
+    /// The least watermark among the other workers that have seen trades, if any.
+    pub fn others_low(&self, worker: usize) -> Option<Time> {
+        let lows = self.lows.lock().ok()?;
+        lows.iter().filter(|(w, _)| **w != worker).filter_map(|(_, low)| *low).min()
+    }
 }
 
 impl Default for SourceConfig {
@@ -82,6 +107,8 @@ impl Default for SourceConfig {
             time: TimeConfig::default(),
             batch: 32 * 1024,
             clocks: HashMap::new(),
+            idle_timeout: None,
+            board: None,
         }
     }
 }
@@ -95,7 +122,7 @@ pub struct SourceStreams<'scope, E> {
     pub trades: StreamVec<'scope, Time, Trade>,
     /// Records that failed cleaning, at `floor_W(pw)` of their partition.
     pub quarantine: StreamVec<'scope, Time, Quarantined>,
-    /// The bar inputs of on-time trades, at `window_start(t)`.
+    /// The bar inputs of every valid trade, with the watermark it arrived at.
     pub ticks: StreamVec<'scope, Time, Tick>,
     /// Filled when the source fails; the capability is then held so nothing incomplete is emitted.
     pub error: ErrorSlot<E>,
@@ -109,15 +136,14 @@ pub fn log_source<'scope, S: RecordSource>(
 ) -> SourceStreams<'scope, S::Error> {
     let mut builder = OperatorBuilder::new("LogSource".to_owned(), scope);
     let info = builder.operator_info();
+    let worker = scope.index();
     let (trades_out, trades) = builder.new_output();
     let (quarantine_out, quarantine) = builder.new_output();
     let (ticks_out, ticks) = builder.new_output();
-    let mut trades_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Trade>>> =
-        OutputBuilder::from(trades_out);
+    let mut trades_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Trade>>> = OutputBuilder::from(trades_out);
     let mut quarantine_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Quarantined>>> =
         OutputBuilder::from(quarantine_out);
-    let mut ticks_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Tick>>> =
-        OutputBuilder::from(ticks_out);
+    let mut ticks_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Tick>>> = OutputBuilder::from(ticks_out);
 
     let error: ErrorSlot<S::Error> = Rc::new(RefCell::new(None));
     let error_out = Rc::clone(&error);
@@ -131,24 +157,20 @@ pub fn log_source<'scope, S: RecordSource>(
     builder.build(move |caps| {
         let mut caps: Option<[Capability<Time>; 3]> = caps.try_into().ok();
         let time_cfg = cfg.time;
-        let mut clocks: HashMap<i32, PartitionClock> = source
-            .partitions()
-            .into_iter()
-            .map(|p| (p, cfg.clocks.get(&p).copied().unwrap_or_default()))
-            .collect();
+        let mut clocks: HashMap<i32, PartitionClock> =
+            source.partitions().into_iter().map(|p| (p, cfg.clocks.get(&p).copied().unwrap_or_default())).collect();
         let mut trade_batches: BTreeMap<Time, Vec<Trade>> = BTreeMap::new();
         let mut quarantine_batches: BTreeMap<Time, Vec<Quarantined>> = BTreeMap::new();
         let mut tick_batches: BTreeMap<Time, Vec<Tick>> = BTreeMap::new();
+        let started = Instant::now();
+        let mut last_record: HashMap<i32, Instant> = clocks.keys().map(|p| (*p, started)).collect();
+        let mut delivered: Vec<i32> = Vec::new();
 
         if clocks.is_empty() {
             // More workers than partitions: this worker has nothing to read.
             caps = None;
         } else if let Some(caps) = caps.as_mut() {
-            let start = clocks
-                .values()
-                .map(|c| c.frontier(&time_cfg))
-                .min()
-                .unwrap_or(0);
+            let start = clocks.values().map(|c| c.frontier(&time_cfg)).min().unwrap_or(0);
             caps.iter_mut().for_each(|c| c.downgrade(&start));
         }
 
@@ -161,9 +183,13 @@ pub fn log_source<'scope, S: RecordSource>(
             }
             let floor = *trades_cap.time();
             let polled = source.poll(cfg.batch, &mut |rec: RawRecord<'_>| {
+                if delivered.last() != Some(&rec.partition) {
+                    delivered.push(rec.partition);
+                }
                 let clock = clocks.entry(rec.partition).or_default();
                 match clean(rec.payload) {
                     Ok(c) => {
+                        let watermark = clock.watermark(&time_cfg);
                         let placed = clock.place(&time_cfg, c.ts);
                         let time = placed.time.max(floor);
                         let trade = Trade {
@@ -177,48 +203,34 @@ pub fn log_source<'scope, S: RecordSource>(
                             ingest_ts: rec.timestamp,
                             late: placed.late,
                         };
-                        if !placed.late {
-                            tick_batches
-                                .entry(time)
-                                .or_default()
-                                .push(Tick::from(&trade));
-                        }
+                        tick_batches.entry(time).or_default().push(Tick::new(&trade, watermark));
                         trade_batches.entry(time).or_default().push(trade);
                     }
                     Err(reason) => {
                         let time = clock.frontier(&time_cfg).max(floor);
-                        quarantine_batches
-                            .entry(time)
-                            .or_default()
-                            .push(Quarantined {
-                                reason,
-                                payload: quarantine_payload(rec.payload),
-                                partition: rec.partition,
-                                offset: rec.offset,
-                                kafka_ts: rec.timestamp,
-                                time,
-                            });
+                        quarantine_batches.entry(time).or_default().push(Quarantined {
+                            reason,
+                            payload: quarantine_payload(rec.payload),
+                            partition: rec.partition,
+                            offset: rec.offset,
+                            kafka_ts: rec.timestamp,
+                            time,
+                        });
                     }
                 }
             });
 
             let mut trades_session = trades_out.activate();
             for (time, mut batch) in std::mem::take(&mut trade_batches) {
-                trades_session
-                    .session(&trades_cap.delayed(&time))
-                    .give_container(&mut batch);
+                trades_session.session(&trades_cap.delayed(&time)).give_container(&mut batch);
             }
             let mut ticks_session = ticks_out.activate();
             for (time, mut batch) in std::mem::take(&mut tick_batches) {
-                ticks_session
-                    .session(&ticks_cap.delayed(&time))
-                    .give_container(&mut batch);
+                ticks_session.session(&ticks_cap.delayed(&time)).give_container(&mut batch);
             }
             let mut quarantine_session = quarantine_out.activate();
             for (time, mut batch) in std::mem::take(&mut quarantine_batches) {
-                quarantine_session
-                    .session(&quarantine_cap.delayed(&time))
-                    .give_container(&mut batch);
+                quarantine_session.session(&quarantine_cap.delayed(&time)).give_container(&mut batch);
             }
 
             match polled {
@@ -228,12 +240,33 @@ pub fn log_source<'scope, S: RecordSource>(
                 }
                 Ok(SourcePoll::Done) => caps = None,
                 Ok(poll) => {
-                    let low = clocks
-                        .values()
-                        .map(|c| c.frontier(&time_cfg))
-                        .min()
-                        .unwrap_or(floor);
-                    let low = low.max(floor);
+                    let now = Instant::now();
+                    for p in delivered.drain(..) {
+                        last_record.insert(p, now);
+                    }
+                    let idle =
+                        |p: &i32| cfg.idle_timeout.is_some_and(|t| last_record.get(p).is_some_and(|at| now - *at >= t));
+                    let frontier = |c: &PartitionClock| c.frontier(&time_cfg);
+                    // The least watermark of the partitions still speaking. When all of this
+                    // worker's partitions are silent it follows the other workers of the
+                    // process that still hear trades, or else its own most advanced partition.
+                    let active = clocks.iter().filter(|(p, _)| !idle(p)).map(|(_, c)| frontier(c)).min();
+                    let low = match active {
+                        Some(low) => low,
+                        None => {
+                            let own = clocks.values().map(frontier).max().unwrap_or(floor);
+                            cfg.board.as_ref().and_then(|b| b.others_low(worker)).map_or(own, |o| o.max(own))
+                        }
+                    }
+                    .max(floor);
+                    if let Some(board) = &cfg.board {
+                        // What this worker knows of event time: its active partitions, or, when
+                        // all are idle, the most advanced partition that has seen trades.
+                        let known = active.or_else(|| {
+                            clocks.values().filter_map(|c| c.watermark(&time_cfg).map(|_| frontier(c))).max()
+                        });
+                        board.publish(worker, known);
+                    }
                     for cap in [trades_cap, quarantine_cap, ticks_cap] {
                         cap.downgrade(&low);
                     }
@@ -247,10 +280,5 @@ pub fn log_source<'scope, S: RecordSource>(
         }
     });
 
-    SourceStreams {
-        trades,
-        quarantine,
-        ticks,
-        error,
-    }
+    SourceStreams { trades, quarantine, ticks, error }
 }

@@ -23,10 +23,7 @@ pub struct TimeConfig {
 
 impl Default for TimeConfig {
     fn default() -> Self {
-        TimeConfig {
-            window_ms: 60_000,
-            lateness_ms: 5_000,
-        }
+        TimeConfig { window_ms: 60_000, lateness_ms: 5_000 }
     }
 }
 
@@ -77,9 +74,7 @@ impl PartitionClock {
 
     /// A clock resumed at a known watermark (from a commit record).
     pub fn with_watermark(cfg: &TimeConfig, watermark: Option<i64>) -> Self {
-        PartitionClock {
-            max_event: watermark.map(|pw| pw + cfg.lateness_ms as i64),
-        }
+        PartitionClock { max_event: watermark.map(|pw| pw + cfg.lateness_ms as i64) }
     }
 
     /// `pw`: largest event time seen minus the lateness, `None` while nothing was seen.
@@ -134,13 +129,7 @@ mod tests {
         let mut clock = PartitionClock::new();
         assert_eq!(clock.frontier(&cfg), 0);
         let p = clock.place(&cfg, 10 * MIN + 30_000);
-        assert_eq!(
-            p,
-            Placement {
-                time: (10 * MIN) as Time,
-                late: false
-            }
-        );
+        assert_eq!(p, Placement { time: (10 * MIN) as Time, late: false });
         assert_eq!(clock.watermark(&cfg), Some(10 * MIN + 25_000));
         assert_eq!(clock.frontier(&cfg), (10 * MIN) as Time);
     }
@@ -151,22 +140,10 @@ mod tests {
         let mut clock = PartitionClock::new();
         clock.place(&cfg, 11 * MIN + 4_000); // pw = 10m59s: window [10m, 11m) still open
         let p = clock.place(&cfg, 10 * MIN + 59_999);
-        assert_eq!(
-            p,
-            Placement {
-                time: (10 * MIN) as Time,
-                late: false
-            }
-        );
+        assert_eq!(p, Placement { time: (10 * MIN) as Time, late: false });
         clock.place(&cfg, 11 * MIN + 5_000); // pw = 11m exactly: [10m, 11m) has ended
         let p = clock.place(&cfg, 10 * MIN + 59_999);
-        assert_eq!(
-            p,
-            Placement {
-                time: (11 * MIN) as Time,
-                late: true
-            }
-        );
+        assert_eq!(p, Placement { time: (11 * MIN) as Time, late: true });
     }
 
     #[test]
@@ -185,9 +162,6 @@ mod tests {
         clock.place(&cfg, 7 * MIN + 123);
         let resumed = PartitionClock::with_watermark(&cfg, clock.watermark(&cfg));
         assert_eq!(resumed, clock);
-        assert_eq!(
-            PartitionClock::with_watermark(&cfg, None),
-            PartitionClock::new()
-        );
+        assert_eq!(PartitionClock::with_watermark(&cfg, None), PartitionClock::new());
     }
 }

@@ -117,17 +117,12 @@ struct KeyView<'a> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Subscribes, then forwards every trade until the server closes the connection.
 pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
-    let socket_error = |source| IngestError::Socket {
-        url: cfg.url.clone(),
-        source: Box::new(source),
-    };
+    let socket_error = |source| IngestError::Socket { url: cfg.url.clone(), source: Box::new(source) };
     let counters = Arc::new(Counters::default());
     let producer: BaseProducer<DeliveryCounter> = cfg
         .kafka
@@ -141,22 +136,17 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         .create_with_context(DeliveryCounter(Arc::clone(&counters)))
         .map_err(IngestError::Config)?;
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(cfg.url.as_str())
-        .await
-        .map_err(socket_error)?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(cfg.url.as_str()).await.map_err(socket_error)?;
     for symbol in &cfg.symbols {
         let request = serde_json::json!({"type": "subscribe", "symbol": symbol}).to_string();
-        ws.feed(Message::text(request))
-            .await
-            .map_err(socket_error)?;
+        ws.feed(Message::text(request)).await.map_err(socket_error)?;
     }
     ws.flush().await.map_err(socket_error)?;
     tracing::info!(url = %cfg.url, symbols = cfg.symbols.len(), "subscribed");
 
     let (frames_tx, frames_rx) = mpsc::channel::<Message>(QUEUE_FRAMES);
     let topic = cfg.kafka.topic.clone();
-    let producing =
-        tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx));
+    let producing = tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx));
 
     let mut frames = 0;
     let mut read_error = None;
@@ -177,9 +167,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         }
     }
     drop(frames_tx);
-    let produced = producing
-        .await
-        .map_err(|e| IngestError::Server(format!("producer thread: {e}")))?;
+    let produced = producing.await.map_err(|e| IngestError::Server(format!("producer thread: {e}")))?;
     let (records, pings) = produced?;
     let stats = IngestStats {
         frames,
@@ -230,25 +218,19 @@ fn produce_frames(
             Ok(frame) => match frame.kind.as_deref() {
                 Some("trade") => {
                     for raw in frame.data.unwrap_or_default() {
-                        let key = serde_json::from_str::<KeyView<'_>>(raw.get())
-                            .ok()
-                            .and_then(|k| k.s);
+                        let key = serde_json::from_str::<KeyView<'_>>(raw.get()).ok().and_then(|k| k.s);
                         send(key.as_deref().map(str::as_bytes), raw.get().as_bytes())?;
                     }
                 }
                 Some("ping") => pings += 1,
                 Some("error") => {
-                    return Err(IngestError::Server(
-                        frame.msg.as_deref().unwrap_or("(no message)").to_owned(),
-                    ));
+                    return Err(IngestError::Server(frame.msg.as_deref().unwrap_or("(no message)").to_owned()));
                 }
                 _ => tracing::debug!(frame = %text.as_str(), "ignoring frame"),
             },
         }
         producer.poll(Duration::ZERO);
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .map_err(IngestError::Produce)?;
+    producer.flush(Duration::from_secs(60)).map_err(IngestError::Produce)?;
     Ok((records, pings))
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder,
-    ListBuilder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
@@ -159,10 +159,8 @@ impl Columns for BarColumns {
         self.close.append_value(b.close);
         self.volume.append_value(b.volume);
         self.vwap.append_option(b.vwap);
-        self.trade_count
-            .append_value(b.trade_count.min(i64::MAX as u64) as i64);
-        self.revision
-            .append_value(b.revision.min(i32::MAX as u32) as i32);
+        self.trade_count.append_value(b.trade_count.min(i64::MAX as u64) as i64);
+        self.revision.append_value(b.revision.min(i32::MAX as u32) as i32);
     }
 
     fn len(&self) -> usize {

@@ -24,10 +24,7 @@ pub enum LakeError {
     Unsupported(String),
     /// The local folder could not be created or opened.
     #[error("cannot open lake folder {path}: {source}")]
-    Folder {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Folder { path: PathBuf, source: std::io::Error },
     /// An object store request failed.
     #[error("lake storage: {0}")]
     Store(#[from] object_store::Error),
@@ -61,20 +58,10 @@ impl Lake {
             Some(("file", rest)) => PathBuf::from(rest),
             Some(_) => return Err(LakeError::Unsupported(location.to_owned())),
         };
-        std::fs::create_dir_all(&folder).map_err(|source| LakeError::Folder {
-            path: folder.clone(),
-            source,
-        })?;
-        let folder = folder.canonicalize().map_err(|source| LakeError::Folder {
-            path: folder.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&folder).map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
+        let folder = folder.canonicalize().map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
         let store = LocalFileSystem::new_with_prefix(&folder)?;
-        Ok(Lake {
-            store: Arc::new(store),
-            prefix: Path::default(),
-            location: location.to_owned(),
-        })
+        Ok(Lake { store: Arc::new(store), prefix: Path::default(), location: location.to_owned() })
     }
 
     /// The folder of `table` under the lake's prefix.
@@ -104,22 +91,13 @@ mod tests {
 
     #[test]
     fn partitions_are_utc_hours() {
-        assert_eq!(
-            partition_path(hour_of(1_763_997_374_633)),
-            "dt=2025-11-24/hour=15"
-        );
+        assert_eq!(partition_path(hour_of(1_763_997_374_633)), "dt=2025-11-24/hour=15");
         assert_eq!(partition_path(hour_of(0)), "dt=1970-01-01/hour=00");
-        assert_eq!(
-            partition_path(hour_of(946_684_800_000 - 1)),
-            "dt=1999-12-31/hour=23"
-        );
+        assert_eq!(partition_path(hour_of(946_684_800_000 - 1)), "dt=1999-12-31/hour=23");
     }
 
     #[test]
     fn s3_is_reported_as_unsupported_for_now() {
-        assert!(matches!(
-            Lake::open("gs://bucket/x"),
-            Err(LakeError::Unsupported(_))
-        ));
+        assert!(matches!(Lake::open("gs://bucket/x"), Err(LakeError::Unsupported(_))));
     }
 }

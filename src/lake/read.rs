@@ -1,8 +1,7 @@
 //! Reading tables back from the lake: used by the demo's summary and checks, and by tests.
 
 use arrow::array::{
-    Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use bytes::Bytes;
 use dataflows::Bar;
@@ -30,9 +29,7 @@ pub async fn read_table(lake: &Lake, table: &Table) -> Result<Vec<RecordBatch>, 
     let mut batches = Vec::new();
     for file in list_files(lake, table).await? {
         let bytes: Bytes = lake.store.get(&file.location).await?.bytes().await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
-            .with_batch_size(64 * 1024)
-            .build()?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
         for batch in reader {
             batches.push(batch?);
         }
@@ -41,14 +38,9 @@ pub async fn read_table(lake: &Lake, table: &Table) -> Result<Vec<RecordBatch>, 
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, LakeError> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| {
-            LakeError::Arrow(arrow::error::ArrowError::SchemaError(format!(
-                "column {name} missing or mistyped"
-            )))
-        })
+    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| {
+        LakeError::Arrow(arrow::error::ArrowError::SchemaError(format!("column {name} missing or mistyped")))
+    })
 }
 
 /// `(kafka_partition, kafka_offset)` of every row of `trades` or `quarantine`.
@@ -90,14 +82,8 @@ pub fn bars(batches: &[RecordBatch]) -> Result<Vec<Bar>, LakeError> {
         let start = column::<TimestampMillisecondArray>(batch, "window_start")?;
         let end = column::<TimestampMillisecondArray>(batch, "window_end")?;
         let f = |name| column::<Float64Array>(batch, name);
-        let (open, high, low, close, volume, vwap) = (
-            f("open")?,
-            f("high")?,
-            f("low")?,
-            f("close")?,
-            f("volume")?,
-            f("vwap")?,
-        );
+        let (open, high, low, close, volume, vwap) =
+            (f("open")?, f("high")?, f("low")?, f("close")?, f("volume")?, f("vwap")?);
         let count: &Int64Array = column(batch, "trade_count")?;
         let revision: &Int32Array = column(batch, "revision")?;
         for i in 0..batch.num_rows() {

@@ -43,12 +43,7 @@ impl Table {
 
 /// `60000` → `1m`, `3600000` → `1h`, `5000` → `5s`: the width as it appears in table names.
 pub fn width_label(ms: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (86_400_000, "d"),
-        (3_600_000, "h"),
-        (60_000, "m"),
-        (1_000, "s"),
-    ];
+    const UNITS: [(u64, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
     for (unit, suffix) in UNITS {
         if ms >= unit && ms % unit == 0 {
             return format!("{}{suffix}", ms / unit);

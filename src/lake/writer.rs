@@ -32,11 +32,7 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig {
-            rows_per_file: 2_000_000,
-            batch_rows: 64 * 1024,
-            max_uploads: 4,
-        }
+        WriterConfig { rows_per_file: 2_000_000, batch_rows: 64 * 1024, max_uploads: 4 }
     }
 }
 
@@ -82,24 +78,15 @@ pub struct FileNamer {
 impl FileNamer {
     /// Names files for `worker` in `lake`.
     pub fn new(lake: Lake, worker: usize) -> Self {
-        FileNamer {
-            lake,
-            worker,
-            next_seq: 0,
-        }
+        FileNamer { lake, worker, next_seq: 0 }
     }
 
     /// `<table>/dt=../hour=../<commit>-w<worker>-<seq>.parquet`.
     fn next(&mut self, table: &Table, hour: i64, commit: u64) -> Path {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let name = format!(
-            "{}/{commit:013}-w{:03}-{seq:06}.parquet",
-            partition_path(hour),
-            self.worker
-        );
-        Path::parse(format!("{}/{name}", self.lake.table_path(table)))
-            .unwrap_or_else(|_| Path::from(name))
+        let name = format!("{}/{commit:013}-w{:03}-{seq:06}.parquet", partition_path(hour), self.worker);
+        Path::parse(format!("{}/{name}", self.lake.table_path(table))).unwrap_or_else(|_| Path::from(name))
     }
 }
 
@@ -119,11 +106,7 @@ pub struct TableFiles<C: Columns> {
 impl<C: Columns> TableFiles<C> {
     /// No open files yet.
     pub fn new(table: Table, config: WriterConfig) -> Self {
-        TableFiles {
-            table,
-            open: BTreeMap::new(),
-            config,
-        }
+        TableFiles { table, open: BTreeMap::new(), config }
     }
 
     /// Appends `row` to the file of `hour`; closes and uploads the file if it is full.
@@ -132,13 +115,8 @@ impl<C: Columns> TableFiles<C> {
             Some(file) => file,
             None => {
                 let columns = C::new();
-                let writer =
-                    ArrowWriter::try_new(Vec::new(), self.table.schema(), Some(properties()))?;
-                self.open.entry(hour).or_insert(OpenFile {
-                    columns,
-                    writer,
-                    rows: 0,
-                })
+                let writer = ArrowWriter::try_new(Vec::new(), self.table.schema(), Some(properties()))?;
+                self.open.entry(hour).or_insert(OpenFile { columns, writer, rows: 0 })
             }
         };
         file.columns.push(row);
@@ -189,12 +167,7 @@ impl FileSink {
         }
     }
 
-    fn store<C: Columns>(
-        &mut self,
-        table: &Table,
-        hour: i64,
-        mut file: OpenFile<C>,
-    ) -> Result<(), LakeError> {
+    fn store<C: Columns>(&mut self, table: &Table, hour: i64, mut file: OpenFile<C>) -> Result<(), LakeError> {
         if !file.columns.is_empty() {
             file.rows += file.columns.len();
             let batch = file.columns.finish()?;
@@ -212,20 +185,15 @@ impl FileSink {
             self.wait_oldest()?;
         }
         let store: Arc<dyn ObjectStore> = Arc::clone(&self.namer.lake.store);
-        self.in_flight.push_back(self.runtime.spawn(async move {
-            store
-                .put(&path, PutPayload::from_bytes(bytes))
-                .await
-                .map(|_| ())
-        }));
+        self.in_flight.push_back(
+            self.runtime.spawn(async move { store.put(&path, PutPayload::from_bytes(bytes)).await.map(|_| ()) }),
+        );
         Ok(())
     }
 
     fn wait_oldest(&mut self) -> Result<(), LakeError> {
         if let Some(task) = self.in_flight.pop_front() {
-            self.runtime
-                .block_on(task)
-                .map_err(|e| LakeError::Task(e.to_string()))??;
+            self.runtime.block_on(task).map_err(|e| LakeError::Task(e.to_string()))??;
         }
         Ok(())
     }

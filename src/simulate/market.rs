@@ -10,10 +10,9 @@ use std::fmt::Write;
 
 /// Real tickers first, so a small universe looks like the market people know.
 const EQUITIES: [&str; 40] = [
-    "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AVGO", "JPM", "V", "UNH", "XOM",
-    "MA", "JNJ", "PG", "HD", "COST", "ABBV", "MRK", "CVX", "KO", "PEP", "ADBE", "CRM", "NFLX",
-    "AMD", "BAC", "WMT", "TMO", "ORCL", "INTC", "CSCO", "QCOM", "TXN", "IBM", "DIS", "NKE", "UBER",
-    "SHOP", "PYPL",
+    "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AVGO", "JPM", "V", "UNH", "XOM", "MA", "JNJ", "PG", "HD",
+    "COST", "ABBV", "MRK", "CVX", "KO", "PEP", "ADBE", "CRM", "NFLX", "AMD", "BAC", "WMT", "TMO", "ORCL", "INTC",
+    "CSCO", "QCOM", "TXN", "IBM", "DIS", "NKE", "UBER", "SHOP", "PYPL",
 ];
 const CRYPTO: [(&str, f64); 6] = [
     ("BINANCE:BTCUSDT", 91_000.0),
@@ -23,13 +22,7 @@ const CRYPTO: [(&str, f64); 6] = [
     ("BINANCE:DOGEUSDT", 0.16),
     ("BINANCE:ADAUSDT", 0.45),
 ];
-const CONDITIONS: [&str; 5] = [
-    r#"["1","12"]"#,
-    r#"["12"]"#,
-    r#"["1"]"#,
-    r#"["1","12","37"]"#,
-    r#"["37"]"#,
-];
+const CONDITIONS: [&str; 5] = [r#"["1","12"]"#, r#"["12"]"#, r#"["1"]"#, r#"["1","12","37"]"#, r#"["37"]"#];
 
 /// 2025-11-24T14:30:00Z, a US market open: the default start of the simulated clock.
 pub const DEFAULT_START_MS: i64 = 1_763_994_600_000;
@@ -157,13 +150,7 @@ impl Market {
             .map(|c| c / total)
             .collect();
         let clock_ms = cfg.start_ms as f64;
-        Market {
-            cfg,
-            rng,
-            symbols,
-            cdf,
-            clock_ms,
-        }
+        Market { cfg, rng, symbols, cdf, clock_ms }
     }
 
     /// Symbol names of the universe, in rank order.
@@ -175,10 +162,7 @@ impl Market {
     /// (indexed like [`Market::symbols`]); `None` if the universe produced nothing for them
     /// within a bounded number of draws (keeps a rare subscription from spinning forever).
     pub fn next_frame(&mut self, subscribed: &[bool], max_records: usize) -> Option<Frame> {
-        let want = self
-            .rng
-            .usize(1..=self.cfg.frame_trades.max(1))
-            .min(max_records.max(1));
+        let want = self.rng.usize(1..=self.cfg.frame_trades.max(1)).min(max_records.max(1));
         let mut text = String::with_capacity(want * 96 + 32);
         text.push_str(r#"{"type":"trade","data":["#);
         let mut records = 0;
@@ -195,10 +179,7 @@ impl Market {
                     continue; // a malformed frame stands alone
                 }
                 let name = &self.symbols[draw.symbol].name;
-                return Some(Frame {
-                    text: format!(r#"{{"type":"trade","data":[{{"s":"{name}","p":"#),
-                    records: 1,
-                });
+                return Some(Frame { text: format!(r#"{{"type":"trade","data":[{{"s":"{name}","p":"#), records: 1 });
             }
             if records > 0 {
                 text.push(',');
@@ -214,10 +195,7 @@ impl Market {
     fn draw(&mut self) -> Draw {
         let rng = &mut self.rng;
         let u = rng.f64();
-        let symbol = self
-            .cdf
-            .partition_point(|&c| c < u)
-            .min(self.symbols.len() - 1);
+        let symbol = self.cdf.partition_point(|&c| c < u).min(self.symbols.len() - 1);
         // Exponential inter-arrival at the market rate.
         self.clock_ms += -(1.0 - rng.f64()).ln() * 1000.0 / self.cfg.market_rate.max(1e-6);
         let mut ts = self.clock_ms as i64;
@@ -238,10 +216,7 @@ impl Market {
         let dt_s = ((self.clock_ms - state.last_ms) / 1000.0).max(0.0);
         state.last_ms = self.clock_ms;
         let step = noise * 0.0005 * dt_s.sqrt();
-        state.price = round(
-            (state.price * (1.0 + step)).max(10f64.powi(-state.decimals)),
-            state.decimals,
-        );
+        state.price = round((state.price * (1.0 + step)).max(10f64.powi(-state.decimals)), state.decimals);
         let (v1, v2) = (rng.f64(), rng.f64());
         let volume = if v1 < 0.005 {
             0.0
@@ -255,26 +230,14 @@ impl Market {
             (1000.0 + v2 * 4000.0).floor()
         };
         let conditions = rng.usize(..CONDITIONS.len() * 10);
-        let anomaly = (rng.f64() < self.cfg.anomaly_rate)
-            .then(|| Anomaly::ALL[rng.usize(..Anomaly::ALL.len())]);
-        Draw {
-            symbol,
-            ts,
-            price: state.price,
-            volume,
-            conditions,
-            anomaly,
-        }
+        let anomaly = (rng.f64() < self.cfg.anomaly_rate).then(|| Anomaly::ALL[rng.usize(..Anomaly::ALL.len())]);
+        Draw { symbol, ts, price: state.price, volume, conditions, anomaly }
     }
 
     fn write_trade(&self, out: &mut String, d: &Draw) {
         let state = &self.symbols[d.symbol];
         let (s, p, t, v) = (&state.name, d.price, d.ts, d.volume);
-        let c = if state.crypto {
-            "null"
-        } else {
-            CONDITIONS.get(d.conditions).copied().unwrap_or("null")
-        };
+        let c = if state.crypto { "null" } else { CONDITIONS.get(d.conditions).copied().unwrap_or("null") };
         // `write!` to a String cannot fail.
         let _ = match d.anomaly {
             None | Some(Anomaly::MalformedFrame) => {
@@ -287,17 +250,9 @@ impl Market {
             Some(Anomaly::BadPrice) => {
                 write!(out, r#"{{"c":{c},"p":-{p},"s":"{s}","t":{t},"v":{v}}}"#)
             }
-            Some(Anomaly::BadVolume) => write!(
-                out,
-                r#"{{"c":{c},"p":{p},"s":"{s}","t":{t},"v":-{}}}"#,
-                v + 1.0
-            ),
+            Some(Anomaly::BadVolume) => write!(out, r#"{{"c":{c},"p":{p},"s":"{s}","t":{t},"v":-{}}}"#, v + 1.0),
             Some(Anomaly::SecondsTimestamp) => {
-                write!(
-                    out,
-                    r#"{{"c":{c},"p":{p},"s":"{s}","t":{},"v":{v}}}"#,
-                    t / 1000
-                )
+                write!(out, r#"{{"c":{c},"p":{p},"s":"{s}","t":{},"v":{v}}}"#, t / 1000)
             }
             Some(Anomaly::EmptySymbol) => {
                 write!(out, r#"{{"c":{c},"p":{p},"s":"","t":{t},"v":{v}}}"#)
@@ -352,9 +307,7 @@ mod tests {
 
     fn frames(cfg: MarketConfig, subscribed: &[bool], n: usize) -> Vec<Frame> {
         let mut m = Market::new(cfg);
-        (0..n)
-            .filter_map(|_| m.next_frame(subscribed, 1000))
-            .collect()
+        (0..n).filter_map(|_| m.next_frame(subscribed, 1000)).collect()
     }
 
     #[test]
@@ -372,28 +325,15 @@ mod tests {
     #[test]
     fn same_seed_and_subscriptions_give_the_same_frames() {
         let subs = vec![true; 50];
-        let cfg = MarketConfig {
-            symbols: 50,
-            ..Default::default()
-        };
-        assert_eq!(
-            frames(cfg.clone(), &subs, 500),
-            frames(cfg.clone(), &subs, 500)
-        );
-        let other = MarketConfig {
-            seed: 7,
-            ..cfg.clone()
-        };
+        let cfg = MarketConfig { symbols: 50, ..Default::default() };
+        assert_eq!(frames(cfg.clone(), &subs, 500), frames(cfg.clone(), &subs, 500));
+        let other = MarketConfig { seed: 7, ..cfg.clone() };
         assert_ne!(frames(cfg, &subs, 50), frames(other, &subs, 50));
     }
 
     #[test]
     fn a_subscriber_sees_only_its_symbols() {
-        let cfg = MarketConfig {
-            symbols: 20,
-            anomaly_rate: 0.0,
-            ..Default::default()
-        };
+        let cfg = MarketConfig { symbols: 20, anomaly_rate: 0.0, ..Default::default() };
         let mut subs = vec![false; 20];
         subs[3] = true;
         for f in frames(cfg, &subs, 100) {
@@ -406,11 +346,7 @@ mod tests {
 
     #[test]
     fn frames_are_finnhub_shaped_and_mostly_clean() {
-        let cfg = MarketConfig {
-            symbols: 30,
-            anomaly_rate: 0.01,
-            ..Default::default()
-        };
+        let cfg = MarketConfig { symbols: 30, anomaly_rate: 0.01, ..Default::default() };
         let (mut clean, mut bad, mut records) = (0, 0, 0);
         for f in frames(cfg, &[true; 30], 3000) {
             records += f.records;
@@ -434,9 +370,6 @@ mod tests {
             }
         }
         assert_eq!(clean + bad, records);
-        assert!(
-            bad > 0 && (bad as f64) < 0.03 * records as f64,
-            "{bad} anomalies in {records}"
-        );
+        assert!(bad > 0 && (bad as f64) < 0.03 * records as f64, "{bad} anomalies in {records}");
     }
 }

@@ -55,19 +55,12 @@ pub async fn serve(listener: TcpListener, cfg: SimulateConfig) -> std::io::Resul
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    cfg: SimulateConfig,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     stream.set_nodelay(true).ok();
     let ws = tokio_tungstenite::accept_async(stream).await?;
     let (mut tx, mut rx) = ws.split();
     let mut market = Market::new(cfg.market.clone());
-    let index: HashMap<String, usize> = market
-        .symbols()
-        .enumerate()
-        .map(|(i, s)| (s.to_owned(), i))
-        .collect();
+    let index: HashMap<String, usize> = market.symbols().enumerate().map(|(i, s)| (s.to_owned(), i)).collect();
     let subs = Arc::new(Subscriptions {
         flags: Mutex::new(vec![false; index.len()]),
         index,

@@ -20,8 +20,8 @@ pub struct SinkConfig {
     /// Event-time interval between commit points, ms: open files are closed whenever the
     /// frontier passes a multiple of it.
     pub commit_interval_ms: u64,
-    /// Width of the bars window, ms (names the bars table).
-    pub bar_width_ms: u64,
+    /// Bar widths, ms, in the order of the pipeline's width indices (each names a table).
+    pub bar_widths: Vec<u64>,
     /// File sizing.
     pub writer: WriterConfig,
 }
@@ -29,7 +29,8 @@ pub struct SinkConfig {
 /// One worker's open files for all tables.
 pub struct LakeWriter {
     trades: TableFiles<TradeColumns>,
-    bars: TableFiles<BarColumns>,
+    /// One table per bar width, by width index.
+    bars: Vec<TableFiles<BarColumns>>,
     quarantine: TableFiles<QuarantineColumns>,
     files: FileSink,
 }
@@ -39,7 +40,7 @@ impl LakeWriter {
     pub fn new(lake: Lake, worker: usize, runtime: Handle, cfg: &SinkConfig) -> Self {
         LakeWriter {
             trades: TableFiles::new(Table::Trades, cfg.writer.clone()),
-            bars: TableFiles::new(Table::Bars(cfg.bar_width_ms), cfg.writer.clone()),
+            bars: cfg.bar_widths.iter().map(|w| TableFiles::new(Table::Bars(*w), cfg.writer.clone())).collect(),
             quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone()),
             files: FileSink::new(FileNamer::new(lake, worker), runtime, &cfg.writer),
         }
@@ -48,7 +49,9 @@ impl LakeWriter {
     fn close_all(&mut self, commit: u64) -> Result<(), LakeError> {
         self.files.commit = commit;
         self.trades.close_all(&mut self.files)?;
-        self.bars.close_all(&mut self.files)?;
+        for bars in &mut self.bars {
+            bars.close_all(&mut self.files)?;
+        }
         self.quarantine.close_all(&mut self.files)?;
         self.files.reap()
     }
@@ -67,7 +70,7 @@ pub type SinkError = Rc<RefCell<Option<LakeError>>>;
 pub fn lake_sink<'scope>(
     trades: StreamVec<'scope, Time, Trade>,
     quarantine: StreamVec<'scope, Time, Quarantined>,
-    bars: StreamVec<'scope, Time, Bar>,
+    bars: StreamVec<'scope, Time, (u8, Bar)>,
     writer: Rc<RefCell<LakeWriter>>,
     cfg: &SinkConfig,
 ) -> SinkError {
@@ -110,15 +113,16 @@ pub fn lake_sink<'scope>(
                 max_time = max_time.max(cap.least().copied().unwrap_or(0));
                 for b in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
-                        result = w.bars.push(hour_of(b.window_start), &b, &mut w.files);
+                        let (width, b) = b;
+                        result = match w.bars.get_mut(width as usize) {
+                            Some(table) => table.push(hour_of(b.window_start), &b, &mut w.files),
+                            None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
+                        };
                     }
                 }
             });
 
-            let frontier = frontiers
-                .iter()
-                .filter_map(|f| f.frontier().first().copied())
-                .min();
+            let frontier = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
             if result.is_ok() {
                 result = match frontier {
                     Some(f) => {

@@ -56,9 +56,7 @@ impl KafkaSource {
         start: &HashMap<i32, i64>,
         stop: StopAt,
     ) -> Result<Self, SourceError> {
-        let mine: Vec<i32> = (0..partitions)
-            .filter(|p| *p as usize % peers == index)
-            .collect();
+        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
         let consumer: BaseConsumer = cfg
             .client_config()
             .set("group.id", "stockflow")
@@ -72,38 +70,21 @@ impl KafkaSource {
         let mut assignment = TopicPartitionList::new();
         let mut next = HashMap::new();
         for &p in &mine {
-            let offset = start
-                .get(&p)
-                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            let offset = start.get(&p).map_or(Offset::Beginning, |&o| Offset::Offset(o));
             assignment
                 .add_partition_offset(&cfg.topic, p, offset)
-                .map_err(|source| SourceError::Consume {
-                    partition: Some(p),
-                    source,
-                })?;
+                .map_err(|source| SourceError::Consume { partition: Some(p), source })?;
             next.insert(p, start.get(&p).copied().unwrap_or(0));
         }
         if !mine.is_empty() {
-            consumer
-                .assign(&assignment)
-                .map_err(|source| SourceError::Consume {
-                    partition: None,
-                    source,
-                })?;
+            consumer.assign(&assignment).map_err(|source| SourceError::Consume { partition: None, source })?;
         }
-        Ok(KafkaSource {
-            consumer,
-            next,
-            stop,
-        })
+        Ok(KafkaSource { consumer, next, stop })
     }
 
     fn done(&self) -> bool {
         match self.stop.get() {
-            Some(end) => self
-                .next
-                .iter()
-                .all(|(p, next)| end.get(p).is_none_or(|e| next >= e)),
+            Some(end) => self.next.iter().all(|(p, next)| end.get(p).is_none_or(|e| next >= e)),
             None => false,
         }
     }
@@ -134,11 +115,7 @@ impl RecordSource for KafkaSource {
         p
     }
 
-    fn poll(
-        &mut self,
-        max: usize,
-        each: &mut dyn FnMut(RawRecord<'_>),
-    ) -> Result<SourcePoll, SourceError> {
+    fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, SourceError> {
         let mut delivered = 0;
         let end = self.stop.get();
         while delivered < max {
@@ -162,10 +139,7 @@ impl RecordSource for KafkaSource {
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if is_fatal(&e) => {
-                    return Err(SourceError::Consume {
-                        partition: None,
-                        source: e,
-                    });
+                    return Err(SourceError::Consume { partition: None, source: e });
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka consumer error; retrying");

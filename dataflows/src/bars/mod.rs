@@ -4,13 +4,92 @@
 //! the total order `(t, partition, offset)`, and volume and notional are summed exactly in fixed
 //! point, so a bar is the same whichever worker, interleaving or replay produced it.
 
-mod operator;
+mod partials;
+mod revisions;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::StreamVec;
 
-pub use operator::BarsExt;
+pub use partials::window_partials;
+pub use revisions::bar_revisions;
 
+use crate::Time;
+use crate::time::TimeConfig;
 use crate::trade::{Symbol, Trade};
+
+/// A bar's identity: index of its width in [`BarsConfig::widths`], symbol, window start.
+pub type BarKey = (u8, Symbol, i64);
+
+/// Which bars to build and how long late trades may revise them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BarsConfig {
+    /// Window widths in ms (e.g. 1m, 5m, 1h), each a table of its own.
+    pub widths: Vec<u64>,
+    /// A late trade revises its bar while the window ended less than this long before the
+    /// partition's watermark; later trades are stored and counted only.
+    pub horizon_ms: u64,
+}
+
+impl BarsConfig {
+    /// Checks the widths against the base window of the time model: each a distinct,
+    /// positive multiple of it (windows must close on frontier steps), at most 255 of them.
+    pub fn validate(&self, time: &TimeConfig) -> Result<(), String> {
+        if self.widths.is_empty() || self.widths.len() > 255 {
+            return Err(format!("between 1 and 255 bar widths are needed, got {}", self.widths.len()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &w in &self.widths {
+            if w == 0 || w % time.window_ms != 0 {
+                return Err(format!("bar width {w}ms is not a multiple of the {}ms window", time.window_ms));
+            }
+            if !seen.insert(w) {
+                return Err(format!("bar width {w}ms is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for BarsConfig {
+    fn default() -> Self {
+        BarsConfig { widths: vec![60_000], horizon_ms: 3_600_000 }
+    }
+}
+
+/// Routes a symbol to a worker. `DefaultHasher::new()` has fixed keys, so every process of a
+/// cluster sends a symbol to the same worker.
+pub fn symbol_route(symbol: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    symbol.hash(&mut h);
+    h.finish()
+}
+
+/// Ticks in; bar rows (every revision, tagged with the width index) out: partials per time,
+/// a differential `reduce` that folds them per bar, and the revision numbering of its changes.
+pub fn bars<'scope>(ticks: StreamVec<'scope, Time, Tick>, cfg: BarsConfig) -> StreamVec<'scope, Time, (u8, Bar)> {
+    let partials = window_partials(ticks, cfg.clone());
+    let folded: VecCollection<'scope, Time, (BarKey, BarAcc)> =
+        partials.reduce_named("FoldBars", |_key, input: &[(&BarAcc, isize)], output: &mut Vec<(BarAcc, isize)>| {
+            // Partials arrive sorted; the fold is order-independent anyway. A partial with
+            // multiplicity n (identical partials at several times) counts n times.
+            let mut acc: Option<BarAcc> = None;
+            for (partial, count) in input {
+                for _ in 0..*count {
+                    match acc.as_mut() {
+                        Some(a) => a.merge(partial),
+                        None => acc = Some((*partial).clone()),
+                    }
+                }
+            }
+            if let Some(acc) = acc {
+                output.push((acc, 1));
+            }
+        });
+    bar_revisions(folded, cfg)
+}
 
 /// Prices and volumes are accumulated in units of 1e-9 (crypto volumes carry up to 8
 /// decimals), and notional as their exact integer product, in units of 1e-18.
@@ -31,10 +110,14 @@ pub struct Tick {
     pub price: f64,
     /// Volume.
     pub volume: f64,
+    /// The partition's watermark `pw` when the trade arrived (`None`: nothing seen before);
+    /// decides whether the trade can still revise a bar of a given width.
+    pub watermark: Option<i64>,
 }
 
-impl From<&Trade> for Tick {
-    fn from(t: &Trade) -> Self {
+impl Tick {
+    /// The bar input of `trade`, which arrived at watermark `watermark`.
+    pub fn new(t: &Trade, watermark: Option<i64>) -> Self {
         Tick {
             symbol: t.symbol.clone(),
             ts: t.ts,
@@ -42,6 +125,7 @@ impl From<&Trade> for Tick {
             offset: t.offset,
             price: t.price,
             volume: t.volume,
+            watermark,
         }
     }
 }
@@ -75,13 +159,17 @@ pub struct Bar {
 
 type OrderKey = (i64, i32, i64);
 
-/// Running state of one bar; `add` in any order gives the same `finish`.
-#[derive(Clone, Debug, PartialEq)]
+/// Running state of one bar; `add` and `merge` in any order give the same `finish`.
+///
+/// Prices are kept as their IEEE bits: for the positive finite prices cleaning admits, bit
+/// order is numeric order, which makes the state `Ord` and hashable, as differential
+/// dataflow needs of the partial aggregates it holds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BarAcc {
-    open: (OrderKey, f64),
-    close: (OrderKey, f64),
-    high: f64,
-    low: f64,
+    open: (OrderKey, u64),
+    close: (OrderKey, u64),
+    high: u64,
+    low: u64,
     volume: i128,
     notional: i128,
     count: u64,
@@ -91,11 +179,12 @@ impl BarAcc {
     /// A bar holding one trade.
     pub fn new(tick: &Tick) -> Self {
         let key = (tick.ts, tick.partition, tick.offset);
+        let price = tick.price.to_bits();
         BarAcc {
-            open: (key, tick.price),
-            close: (key, tick.price),
-            high: tick.price,
-            low: tick.price,
+            open: (key, price),
+            close: (key, price),
+            high: price,
+            low: price,
             volume: fixed(tick.volume),
             notional: notional(tick),
             count: 1,
@@ -105,18 +194,23 @@ impl BarAcc {
     /// Folds one more trade in.
     #[inline]
     pub fn add(&mut self, tick: &Tick) {
-        let key = (tick.ts, tick.partition, tick.offset);
-        if key < self.open.0 {
-            self.open = (key, tick.price);
+        self.merge(&BarAcc::new(tick));
+    }
+
+    /// Folds another partial bar of the same symbol and window in.
+    #[inline]
+    pub fn merge(&mut self, other: &BarAcc) {
+        if other.open.0 < self.open.0 {
+            self.open = other.open;
         }
-        if key > self.close.0 {
-            self.close = (key, tick.price);
+        if other.close.0 > self.close.0 {
+            self.close = other.close;
         }
-        self.high = self.high.max(tick.price);
-        self.low = self.low.min(tick.price);
-        self.volume = self.volume.saturating_add(fixed(tick.volume));
-        self.notional = self.notional.saturating_add(notional(tick));
-        self.count += 1;
+        self.high = self.high.max(other.high);
+        self.low = self.low.min(other.low);
+        self.volume = self.volume.saturating_add(other.volume);
+        self.notional = self.notional.saturating_add(other.notional);
+        self.count += other.count;
     }
 
     /// Number of trades folded in.
@@ -132,10 +226,10 @@ impl BarAcc {
             symbol,
             window_start,
             window_end: window_start + window_ms as i64,
-            open: self.open.1,
-            high: self.high,
-            low: self.low,
-            close: self.close.1,
+            open: f64::from_bits(self.open.1),
+            high: f64::from_bits(self.high),
+            low: f64::from_bits(self.low),
+            close: f64::from_bits(self.close.1),
             volume,
             vwap,
             trade_count: self.count,
@@ -161,31 +255,16 @@ mod tests {
     use super::*;
 
     fn tick(ts: i64, offset: i64, price: f64, volume: f64) -> Tick {
-        Tick {
-            symbol: "AAPL".into(),
-            ts,
-            partition: 0,
-            offset,
-            price,
-            volume,
-        }
+        Tick { symbol: "AAPL".into(), ts, partition: 0, offset, price, volume, watermark: None }
     }
 
     #[test]
     fn ohlc_follows_event_time_then_offset() {
-        let ticks = [
-            tick(30, 5, 10.0, 1.0),
-            tick(10, 9, 12.0, 1.0),
-            tick(10, 2, 11.0, 1.0),
-            tick(50, 1, 9.0, 2.0),
-        ];
+        let ticks = [tick(30, 5, 10.0, 1.0), tick(10, 9, 12.0, 1.0), tick(10, 2, 11.0, 1.0), tick(50, 1, 9.0, 2.0)];
         let mut acc = BarAcc::new(&ticks[0]);
         ticks[1..].iter().for_each(|t| acc.add(t));
         let bar = acc.finish("AAPL".into(), 0, 60_000, 0);
-        assert_eq!(
-            (bar.open, bar.high, bar.low, bar.close),
-            (11.0, 12.0, 9.0, 9.0)
-        );
+        assert_eq!((bar.open, bar.high, bar.low, bar.close), (11.0, 12.0, 9.0, 9.0));
         assert_eq!(bar.trade_count, 4);
         assert_eq!(bar.volume, 5.0);
         assert_eq!(bar.vwap, Some((10.0 + 12.0 + 11.0 + 18.0) / 5.0));
@@ -202,14 +281,7 @@ mod tests {
     #[test]
     fn fold_is_order_independent() {
         let ticks: Vec<Tick> = (0..200)
-            .map(|i| {
-                tick(
-                    (i * 7919) % 1000,
-                    i,
-                    100.0 + (i % 13) as f64 * 0.01,
-                    0.1 + (i % 7) as f64 * 0.37,
-                )
-            })
+            .map(|i| tick((i * 7919) % 1000, i, 100.0 + (i % 13) as f64 * 0.01, 0.1 + (i % 7) as f64 * 0.37))
             .collect();
         let fold = |order: &mut dyn Iterator<Item = &Tick>| {
             let first = order.next().unwrap();
@@ -220,6 +292,20 @@ mod tests {
         let forward = fold(&mut ticks.iter());
         let backward = fold(&mut ticks.iter().rev());
         assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn merging_partials_equals_folding_everything() {
+        let ticks: Vec<Tick> = (0..50).map(|i| tick((i * 31) % 97, i, 10.0 + (i % 5) as f64, 1.5)).collect();
+        let fold = |ts: &[Tick]| {
+            let mut acc = BarAcc::new(&ts[0]);
+            ts[1..].iter().for_each(|t| acc.add(t));
+            acc
+        };
+        let mut merged = fold(&ticks[30..]);
+        merged.merge(&fold(&ticks[..12]));
+        merged.merge(&fold(&ticks[12..30]));
+        assert_eq!(merged, fold(&ticks));
     }
 
     #[test]

@@ -22,13 +22,7 @@ fn accepts_a_finnhub_trade() {
     assert_eq!(t.price, 189.31);
     assert_eq!(t.volume, 40.0);
     assert_eq!(t.ts, 1_763_997_374_633);
-    let c: Vec<&str> = t
-        .conditions
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str())
-        .collect();
+    let c: Vec<&str> = t.conditions.as_ref().unwrap().iter().map(|c| c.as_str()).collect();
     assert_eq!(c, ["1", "12"]);
 }
 
@@ -46,13 +40,7 @@ fn empty_and_oversized_payloads_are_quarantined() {
 
 #[test]
 fn malformed_json_is_quarantined() {
-    for bad in [
-        r#"{"s":"AAPL","p":1"#,
-        "{",
-        "nul",
-        r#"{"s":"AAPL"} x"#,
-        "\u{1}",
-    ] {
+    for bad in [r#"{"s":"AAPL","p":1"#, "{", "nul", r#"{"s":"AAPL"} x"#, "\u{1}"] {
         assert_eq!(reason(bad), Reason::MalformedJson, "{bad:?}");
     }
     assert_eq!(clean(Some(b"{\"s\":\"\xff\"}")), Err(Reason::MalformedJson));
@@ -67,17 +55,13 @@ fn non_objects_are_quarantined() {
 
 #[test]
 fn duplicate_keys_are_quarantined() {
-    assert_eq!(
-        reason(r#"{"s":"AAPL","p":1,"p":2,"t":1763997374633,"v":1}"#),
-        Reason::DuplicateField
-    );
+    assert_eq!(reason(r#"{"s":"AAPL","p":1,"p":2,"t":1763997374633,"v":1}"#), Reason::DuplicateField);
 }
 
 #[test]
 fn every_required_field_is_checked() {
     for missing in ["s", "p", "t", "v"] {
-        let mut obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(GOOD).unwrap();
+        let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(GOOD).unwrap();
         obj.remove(missing);
         let json = serde_json::to_string(&obj).unwrap();
         assert_eq!(reason(&json), Reason::MissingField, "without {missing}");
@@ -99,23 +83,12 @@ fn wrong_types_are_quarantined() {
 
 #[test]
 fn symbol_rules() {
-    let with = |s: &str| {
-        format!(
-            r#"{{"s":{},"p":1,"t":1763997374633,"v":1}}"#,
-            serde_json::json!(s)
-        )
-    };
+    let with = |s: &str| format!(r#"{{"s":{},"p":1,"t":1763997374633,"v":1}}"#, serde_json::json!(s));
     assert_eq!(reason(&with("")), Reason::BadSymbol);
     assert_eq!(reason(&with("AA\nPL")), Reason::BadSymbol);
-    assert_eq!(
-        reason(&with(&"X".repeat(MAX_SYMBOL_BYTES + 1))),
-        Reason::BadSymbol
-    );
+    assert_eq!(reason(&with(&"X".repeat(MAX_SYMBOL_BYTES + 1))), Reason::BadSymbol);
     assert!(classify(&with(&"X".repeat(MAX_SYMBOL_BYTES))).is_ok());
-    assert_eq!(
-        classify(&with("BINANCE:BTCUSDT")).unwrap().symbol,
-        "BINANCE:BTCUSDT"
-    );
+    assert_eq!(classify(&with("BINANCE:BTCUSDT")).unwrap().symbol, "BINANCE:BTCUSDT");
     // Escaped symbols are decoded, not kept verbatim.
     let escaped = r#"{"s":"A\u0041PL","p":1,"t":1763997374633,"v":1}"#;
     assert_eq!(classify(escaped).unwrap().symbol, "AAPL");
@@ -165,24 +138,15 @@ fn conditions_rules() {
     let with = |c: &str| format!(r#"{{"s":"A","p":1,"t":1763997374633,"v":1{c}}}"#);
     assert_eq!(classify(&with("")).unwrap().conditions, None);
     assert_eq!(classify(&with(r#","c":null"#)).unwrap().conditions, None);
-    assert_eq!(
-        classify(&with(r#","c":[]"#)).unwrap().conditions,
-        Some(Conditions::new())
-    );
-    for bad in [
-        r#","c":"1""#,
-        r#","c":[1]"#,
-        r#","c":["1",[2]]"#,
-        r#","c":{}"#,
-    ] {
+    assert_eq!(classify(&with(r#","c":[]"#)).unwrap().conditions, Some(Conditions::new()));
+    for bad in [r#","c":"1""#, r#","c":[1]"#, r#","c":["1",[2]]"#, r#","c":{}"#] {
         assert_eq!(reason(&with(bad)), Reason::BadConditions, "{bad}");
     }
 }
 
 #[test]
 fn unknown_fields_are_ignored() {
-    let json =
-        r#"{"x":{"deep":[1,2,{"a":null}]},"s":"A","p":1,"t":1763997374633,"v":1,"type":"x"}"#;
+    let json = r#"{"x":{"deep":[1,2,{"a":null}]},"s":"A","p":1,"t":1763997374633,"v":1,"type":"x"}"#;
     assert!(classify(json).is_ok());
 }
 
@@ -198,16 +162,10 @@ fn first_failing_rule_names_the_reason() {
 #[test]
 fn deep_nesting_classifies_without_overflowing_the_stack() {
     let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
-    let in_conditions = format!(
-        r#"{{"s":"A","p":1,"t":1763997374633,"v":1,"c":{}}}"#,
-        nest(20_000)
-    );
+    let in_conditions = format!(r#"{{"s":"A","p":1,"t":1763997374633,"v":1,"c":{}}}"#, nest(20_000));
     assert_eq!(reason(&in_conditions), Reason::MalformedJson);
     // Under an unknown key the value is skipped; whatever the verdict, it must not panic.
-    let unknown = format!(
-        r#"{{"x":{},"s":"A","p":1,"t":1763997374633,"v":1}}"#,
-        nest(20_000)
-    );
+    let unknown = format!(r#"{{"x":{},"s":"A","p":1,"t":1763997374633,"v":1}}"#, nest(20_000));
     let _ = classify(&unknown);
 }
 
@@ -225,11 +183,7 @@ fn quarantine_payload_is_bounded_and_utf8() {
 fn reason_names_are_unique_snake_case() {
     let names: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(names.len(), Reason::ALL.len());
-    assert!(
-        names
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-    );
+    assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
 }
 
 proptest! {
