@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataflows::memlog::{MemLog, MemRecord, run_memlog};
 use dataflows::bars::BarsConfig;
+use dataflows::memlog::{MemLog, MemRecord, run_memlog};
 use dataflows::source::SourceConfig;
 use stockflow::simulate::{Market, MarketConfig};
 
@@ -50,7 +50,9 @@ fn dataflow(c: &mut Criterion) {
     group.throughput(Throughput::Elements(log.len() as u64));
     for workers in [1, 2] {
         group.bench_function(format!("memlog_w{workers}"), |b| {
-            b.iter(|| run_memlog(Arc::clone(&log), workers, 4096, SourceConfig::default(), BarsConfig::default()).bars.len())
+            b.iter(|| {
+                run_memlog(Arc::clone(&log), workers, 4096, SourceConfig::default(), BarsConfig::default()).bars.len()
+            })
         });
     }
     group.finish();

@@ -1,5 +1,7 @@
 //! The whole computation as one function: a record source in; trades, quarantine and bars out.
 
+use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::Time;
@@ -26,7 +28,8 @@ pub fn build_pipeline<'scope, S: RecordSource>(
     cfg: SourceConfig,
     bars_cfg: BarsConfig,
 ) -> Outputs<'scope, S::Error> {
-    let streams = log_source(scope, source, cfg);
-    let bars = bars(streams.ticks, bars_cfg);
+    let downstream = ProbeHandle::new();
+    let streams = log_source(scope, source, cfg, downstream.clone());
+    let bars = bars(streams.ticks, bars_cfg).probe_with(&downstream);
     Outputs { trades: streams.trades, quarantine: streams.quarantine, bars, error: streams.error }
 }

@@ -15,6 +15,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::Time;
@@ -129,10 +130,16 @@ pub struct SourceStreams<'scope, E> {
 }
 
 /// Builds the source operator reading `source` into cleaned, event-timed streams.
+///
+/// `downstream` observes the end of the pipeline: the source reads nothing new while the
+/// pipeline has not finished the times before the source's own frontier. Timely has no
+/// backpressure of its own, and without this a worker that reads faster than its peers
+/// process their share fills the exchange channels without bound.
 pub fn log_source<'scope, S: RecordSource>(
     scope: Scope<'scope, Time>,
     mut source: S,
     cfg: SourceConfig,
+    downstream: ProbeHandle<Time>,
 ) -> SourceStreams<'scope, S::Error> {
     let mut builder = OperatorBuilder::new("LogSource".to_owned(), scope);
     let info = builder.operator_info();
@@ -182,6 +189,11 @@ pub fn log_source<'scope, S: RecordSource>(
                 return;
             }
             let floor = *trades_cap.time();
+            if downstream.less_than(&floor) {
+                // Behind us: let the rest of the dataflow (here and at peers) catch up.
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
             let polled = source.poll(cfg.batch, &mut |rec: RawRecord<'_>| {
                 if delivered.last() != Some(&rec.partition) {
                     delivered.push(rec.partition);

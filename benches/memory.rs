@@ -1,0 +1,129 @@
+//! Memory of the dataflow's state as the input grows with the symbol set fixed: the same
+//! seeded stream of 1M and 10M trades over 1,000 symbols (with disorder and late trades)
+//! through source → clean → bars (1m, 5m, 1h; 1h revision horizon), on two workers. Each size
+//! runs in a child process so its peak RSS (VmHWM) is its own. Prints figures; asserts nothing.
+//!
+//! `cargo bench --bench memory` (add `-- --test` for a quick 100k/1M run).
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use dataflows::bars::BarsConfig;
+use dataflows::source::{SourceConfig, WatermarkBoard};
+use dataflows::{RawRecord, RecordSource, SourcePoll, build_pipeline};
+use timely::dataflow::operators::Probe;
+
+const SYMBOLS: u64 = 1_000;
+const START_MS: i64 = 1_763_994_600_000;
+
+/// Trades made on the fly (never stored), so the only memory that can grow is the dataflow's.
+struct Synthetic {
+    partition: i32,
+    next: u64,
+    end: u64,
+    rng: fastrand::Rng,
+    buf: Vec<u8>,
+}
+
+impl RecordSource for Synthetic {
+    type Error = Infallible;
+
+    fn partitions(&self) -> Vec<i32> {
+        vec![self.partition]
+    }
+
+    fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Infallible> {
+        for _ in 0..max {
+            if self.next == self.end {
+                return Ok(SourcePoll::Done);
+            }
+            // 100 trades per simulated second per partition, so the larger run spans many
+            // revision horizons; 1% of trades up to 10 minutes late.
+            let mut t = START_MS + (self.next * 10) as i64;
+            if self.rng.u8(..100) == 0 {
+                t -= self.rng.i64(0..600_000);
+            }
+            let symbol = self.rng.u64(..SYMBOLS / 2) * 2 + self.partition as u64 % 2;
+            self.buf.clear();
+            let _ = write!(
+                self.buf,
+                r#"{{"s":"S{symbol}","p":{}.{},"t":{t},"v":{}}}"#,
+                100 + self.rng.u32(..50),
+                self.rng.u32(..100),
+                self.rng.u32(1..500)
+            );
+            each(RawRecord {
+                partition: self.partition,
+                offset: self.next as i64,
+                timestamp: Some(t),
+                payload: Some(&self.buf),
+            });
+            self.next += 1;
+        }
+        Ok(SourcePoll::Busy)
+    }
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn child(trades: u64) {
+    let started = Instant::now();
+    let board = std::sync::Arc::new(WatermarkBoard::default());
+    let bars = BarsConfig { widths: vec![60_000, 300_000, 3_600_000], horizon_ms: 3_600_000 };
+    let result = timely::execute(timely::Config::process(2), move |worker| {
+        let index = worker.index();
+        let source = Synthetic {
+            partition: index as i32,
+            next: 0,
+            end: trades / 2,
+            rng: fastrand::Rng::with_seed(index as u64),
+            buf: Vec::new(),
+        };
+        let cfg = SourceConfig { board: Some(std::sync::Arc::clone(&board)), ..Default::default() };
+        let probe = worker.dataflow(|scope| build_pipeline(scope, source, cfg, bars.clone()).bars.probe().0);
+        while !probe.done() {
+            worker.step();
+        }
+    });
+    if let Ok(guards) = result {
+        drop(guards.join());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("{trades} {} {secs:.2}", peak_rss_kib());
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("STOCKFLOW_MEMORY_CHILD") {
+        child(n.parse().unwrap_or(1_000_000));
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--test");
+    let sizes: [u64; 2] = if quick { [100_000, 1_000_000] } else { [1_000_000, 10_000_000] };
+    println!("dataflow state vs input size ({SYMBOLS} symbols, 2 workers, bars 1m/5m/1h, horizon 1h)");
+    let mut base = None;
+    for n in sizes {
+        let Ok(exe) = std::env::current_exe() else { return };
+        let out = Command::new(exe).env("STOCKFLOW_MEMORY_CHILD", n.to_string()).output();
+        let Ok(out) = out else { return };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<f64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        if let [_, rss, secs] = fields[..] {
+            let ratio = base.map_or(1.0, |b| rss / b);
+            base.get_or_insert(rss);
+            println!(
+                "{n:>11} trades: peak RSS {:>7.1} MiB ({ratio:.2}x the smallest), {secs:>6.2}s, {:.2}M trades/s",
+                rss / 1024.0,
+                n as f64 / secs / 1e6
+            );
+        }
+    }
+}
