@@ -191,8 +191,10 @@ pub async fn verify(
     }
     let top = volume_by_symbol.iter().max_by(|a, b| a.1.total_cmp(b.1)).map(|(s, _)| s.to_string());
     let mut sample: Vec<Bar> = bars.iter().filter(|b| Some(b.symbol.as_str()) == top.as_deref()).cloned().collect();
-    sample.sort_by_key(|b| b.window_start);
+    // The symbol's five busiest minutes, in time order.
+    sample.sort_by_key(|b| std::cmp::Reverse(b.trade_count));
     sample.truncate(5);
+    sample.sort_by_key(|b| b.window_start);
 
     Ok(DemoSummary {
         produced,
