@@ -11,6 +11,7 @@ use dataflows::bars::BarsConfig;
 
 use crate::job::{ClusterConfig, JobConfig};
 use crate::kafka::{KafkaConfig, parse_property};
+use crate::lake::LakeOptions;
 use crate::lake::writer::WriterConfig;
 use crate::sink::SinkConfig;
 
@@ -41,6 +42,22 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Forward trades from a Finnhub-compatible websocket into Kafka.
     Ingest(IngestArgs),
+    /// Run librdkafka's mock cluster as a broker of its own, for development and tests.
+    DevKafka(DevKafkaArgs),
+}
+
+/// Flags of `stockflow dev-kafka`.
+#[derive(Debug, Args, Clone)]
+pub struct DevKafkaArgs {
+    /// Partitions of the topic to create.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Topic to create.
+    #[arg(long, default_value = "trades")]
+    pub topic: String,
+    /// Also write the bootstrap address to this file (written whole, once the broker is up).
+    #[arg(long)]
+    pub port_file: Option<PathBuf>,
 }
 
 /// Kafka connection flags shared by the job and ingest.
@@ -75,9 +92,12 @@ pub struct JobArgs {
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Lake location: a folder or file:// URL.
+    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
     #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
     pub lake: String,
+    /// Endpoint of an S3-compatible store (path-style requests).
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
     /// Bar window width.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub window: Duration,
@@ -116,6 +136,7 @@ impl JobArgs {
         Ok(JobConfig {
             kafka: self.kafka.config(),
             lake: self.lake.clone(),
+            lake_options: LakeOptions { s3_endpoint: self.s3_endpoint.clone() },
             time,
             sink: SinkConfig {
                 commit_interval_ms: millis(self.commit_interval),

@@ -97,6 +97,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let job_cfg = JobConfig {
         kafka: kafka.clone(),
         lake: args.lake.to_string_lossy().into_owned(),
+        lake_options: Default::default(),
         time: window,
         bars: BarsConfig::default(),
         idle_timeout: None,

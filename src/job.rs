@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, LakeOptions};
 use crate::sink::{LakeWriter, SinkConfig, lake_sink};
 use crate::source::{KafkaSource, SourceError, StopAt};
 
@@ -88,6 +88,8 @@ pub struct JobConfig {
     pub kafka: KafkaConfig,
     /// Lake location.
     pub lake: String,
+    /// How to reach an S3 lake.
+    pub lake_options: LakeOptions,
     /// Event-time model.
     pub time: TimeConfig,
     /// Bar widths and revision horizon.
@@ -138,7 +140,8 @@ pub struct JobReport {
 pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let timely_config = cfg.cluster.timely()?;
-    let lake = Lake::open(&cfg.lake)?;
+    let lake = Lake::open_with(&cfg.lake, &cfg.lake_options)?;
+    runtime.block_on(lake.check_access())?;
     let partitions = cfg.kafka.partition_count()?;
     if cfg.drain {
         let ends: HashMap<i32, i64> =

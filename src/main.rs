@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use clap::error::ErrorKind;
-use stockflow::cli::{Cli, Command, IngestArgs, JobArgs, SimulateArgs};
+use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs};
 use stockflow::simulate::{MarketConfig, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
@@ -62,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Ingest(args)) => run_ingest(args),
+        Some(Command::DevKafka(args)) => dev_kafka(args),
     }
 }
 
@@ -115,6 +116,35 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "simulator listening");
         stockflow::simulate::serve(listener, cfg).await.context("simulator")
     })
+}
+
+fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
+    let mock = rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
+    mock.create_topic(&args.topic, args.partitions, 1).with_context(|| format!("creating topic {}", args.topic))?;
+    let brokers = mock.bootstrap_servers();
+    if let Some(path) = &args.port_file {
+        // Write then rename, so a reader never sees a partial address.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{brokers}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{brokers}");
+    use std::io::Write;
+    std::io::stdout().flush().ok();
+    tracing::info!(%brokers, topic = %args.topic, partitions = args.partitions, "dev kafka up; Ctrl-C or SIGTERM stops it");
+    runtime()?.block_on(shutdown_signal())?;
+    drop(mock);
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("SIGINT handler"),
+        _ = term.recv() => Ok(()),
+    }
 }
 
 fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {

@@ -98,3 +98,67 @@ fn simulator_lists_its_universe() {
     let symbols: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(symbols, stockflow::simulate::universe(10));
 }
+
+/// Reads `child`'s stream line by line until one contains `needle`; returns that line.
+fn wait_for_line(stream: impl std::io::Read, needle: &str) -> String {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.expect("read child output");
+        if line.contains(needle) {
+            return line;
+        }
+    }
+    panic!("child exited before printing '{needle}'");
+}
+
+#[test]
+fn processes_pipeline_through_dev_kafka() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port_file = dir.path().join("kafka.addr");
+    let mut kafka = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["dev-kafka", "--partitions", "3", "--port-file"])
+        .arg(&port_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dev-kafka");
+    let brokers = wait_for_line(kafka.stdout.take().expect("stdout"), ":");
+    assert_eq!(std::fs::read_to_string(&port_file).expect("port file").trim(), brokers.trim());
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["simulate", "--listen", &listen, "--symbols", "20", "--rate", "0", "--trades", "20000"])
+        .env("RUST_LOG", "stockflow=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("simulate");
+    wait_for_line(sim.stderr.take().expect("stderr"), "simulator listening");
+
+    let symbols = stockflow::simulate::universe(20).join(",");
+    let ingest =
+        stockflow(&["ingest", "--url", &format!("ws://{listen}"), "--symbols", &symbols, "--brokers", &brokers]);
+    assert!(ingest.status.success(), "ingest: {}", String::from_utf8_lossy(&ingest.stderr));
+    assert!(String::from_utf8_lossy(&ingest.stdout).contains("20000 records, 20000 delivered"));
+
+    let lake = dir.path().join("lake");
+    let job = stockflow(&["-w", "2", "--brokers", &brokers, "--drain", "--lake", lake.to_str().expect("utf8")]);
+    assert!(job.status.success(), "job: {}", String::from_utf8_lossy(&job.stderr));
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let lake = stockflow::lake::Lake::open(lake.to_str().expect("utf8")).expect("lake");
+    let rows = |t| {
+        rt.block_on(stockflow::lake::read::read_table(&lake, &t))
+            .expect("read")
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>()
+    };
+    assert_eq!(rows(stockflow::lake::Table::Trades) + rows(stockflow::lake::Table::Quarantine), 20_000);
+    assert!(rows(stockflow::lake::Table::Bars(60_000)) > 0);
+
+    for child in [&mut sim, &mut kafka] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

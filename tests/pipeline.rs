@@ -160,6 +160,7 @@ fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
     let cfg = JobConfig {
         kafka: f.kafka.clone(),
         lake: dir.path().to_string_lossy().into_owned(),
+        lake_options: Default::default(),
         time: TimeConfig::default(),
         bars: bars_config(),
         idle_timeout: None,

@@ -8,11 +8,13 @@ pub mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ObjectStore, RetryConfig};
 
 pub use schema::Table;
 
@@ -20,8 +22,16 @@ pub use schema::Table;
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     /// The location is not one stockflow can write to.
-    #[error("unsupported lake location '{0}': use a folder path or file:// URL")]
+    #[error("unsupported lake location '{0}': use a folder path, file:// or s3://bucket/prefix")]
     Unsupported(String),
+    /// The store could not be reached or refused access at start.
+    #[error("cannot access lake {location}: {reason}")]
+    Access {
+        /// The location.
+        location: String,
+        /// What went wrong, in a line.
+        reason: String,
+    },
     /// The local folder could not be created or opened.
     #[error("cannot open lake folder {path}: {source}")]
     Folder { path: PathBuf, source: std::io::Error },
@@ -50,12 +60,33 @@ pub struct Lake {
     pub location: String,
 }
 
+/// How to reach an S3 lake; credentials come only from the environment or the instance role.
+#[derive(Clone, Debug, Default)]
+pub struct LakeOptions {
+    /// Endpoint of an S3-compatible store (path-style requests; `http://` allowed).
+    pub s3_endpoint: Option<String>,
+}
+
+/// Requests to the store are retried with backoff (throttling, 5xx, dropped connections)
+/// for up to this long before the error reaches the job.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the start-up access check waits for the store.
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Lake {
-    /// Opens `location`: a folder path or `file://` URL (created if missing).
+    /// Opens a local `location` (a folder path or `file://` URL, created if missing) or an S3
+    /// one with default options.
     pub fn open(location: &str) -> Result<Lake, LakeError> {
+        Self::open_with(location, &LakeOptions::default())
+    }
+
+    /// Opens `location`: a folder, `file://…`, or `s3://bucket/prefix` (AWS credential chain
+    /// from the environment: keys, web identity, instance role).
+    pub fn open_with(location: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
         let folder = match location.split_once("://") {
             None => PathBuf::from(location),
             Some(("file", rest)) => PathBuf::from(rest),
+            Some(("s3", rest)) => return Self::open_s3(location, rest, options),
             Some(_) => return Err(LakeError::Unsupported(location.to_owned())),
         };
         std::fs::create_dir_all(&folder).map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
@@ -64,10 +95,55 @@ impl Lake {
         Ok(Lake { store: Arc::new(store), prefix: Path::default(), location: location.to_owned() })
     }
 
+    fn open_s3(location: &str, rest: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(LakeError::Unsupported(location.to_owned()));
+        }
+        let retry = RetryConfig { retry_timeout: RETRY_TIMEOUT, ..RetryConfig::default() };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
+        if let Some(endpoint) = &options.s3_endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let store =
+            builder.build().map_err(|e| LakeError::Access { location: location.to_owned(), reason: e.to_string() })?;
+        let prefix = Path::parse(prefix.trim_matches('/')).map_err(|_| LakeError::Unsupported(location.to_owned()))?;
+        Ok(Lake { store: Arc::new(store), prefix, location: location.to_owned() })
+    }
+
+    /// Lists the lake's prefix once, so a missing bucket, denied access or an unreachable
+    /// endpoint is one clear error at start rather than a failure at the first commit.
+    pub async fn check_access(&self) -> Result<(), LakeError> {
+        let access = |reason: String| LakeError::Access { location: self.location.clone(), reason };
+        match tokio::time::timeout(ACCESS_TIMEOUT, self.store.list_with_delimiter(Some(&self.prefix))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(object_store::Error::NotFound { .. })) => Err(access("the bucket does not exist".into())),
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                Err(access(if text.contains("NoSuchBucket") {
+                    "the bucket does not exist".into()
+                } else if text.contains("AccessDenied") || text.contains("403") {
+                    "access denied (check the credentials and the bucket policy)".into()
+                } else {
+                    first_line(&text)
+                }))
+            }
+            Err(_) => Err(access(format!("no answer within {}s", ACCESS_TIMEOUT.as_secs()))),
+        }
+    }
+
     /// The folder of `table` under the lake's prefix.
     pub fn table_path(&self, table: &Table) -> Path {
         self.prefix.clone().join(table.name())
     }
+}
+
+/// The first line of a message, for one-line errors.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_owned()
 }
 
 /// Milliseconds in an hour: the lake's partition grain.
@@ -97,7 +173,16 @@ mod tests {
     }
 
     #[test]
-    fn s3_is_reported_as_unsupported_for_now() {
+    fn unknown_schemes_are_unsupported() {
         assert!(matches!(Lake::open("gs://bucket/x"), Err(LakeError::Unsupported(_))));
+        assert!(matches!(Lake::open("s3:///x"), Err(LakeError::Unsupported(_))));
+    }
+
+    #[test]
+    fn s3_locations_split_into_bucket_and_prefix() {
+        let lake = Lake::open("s3://bucket/a/b/").expect("s3 lake");
+        assert_eq!(lake.prefix.as_ref(), "a/b");
+        assert_eq!(lake.table_path(&Table::Trades).as_ref(), "a/b/trades");
+        assert_eq!(Lake::open("s3://bucket").expect("bucket only").table_path(&Table::Trades).as_ref(), "trades");
     }
 }
