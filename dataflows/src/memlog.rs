@@ -101,6 +101,8 @@ pub struct Collected {
     pub quarantine: Vec<crate::Quarantined>,
     /// Bar rows (every revision), tagged with their width index.
     pub bars: Vec<(u8, crate::Bar)>,
+    /// The timely time each bar row left at: `(time, width, symbol, window_start, revision)`.
+    pub bar_times: Vec<(crate::Time, u8, String, i64, u32)>,
 }
 
 /// Runs the pipeline over `log` on `workers` threads and gathers its outputs; the way tests
@@ -121,28 +123,34 @@ pub fn run_memlog(
         let (index, peers) = (worker.index(), worker.peers());
         let source = MemSource::new(Arc::clone(&log), index, peers, chunk);
         let (t, q, b) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
-        let probe = worker.dataflow(|scope| {
-            let out = crate::build_pipeline(scope, source, cfg.clone(), bars.clone());
-            out.trades.inspect_core(move |c| {
-                if let Ok((_, batch)) = c {
-                    t.lock().unwrap_or_else(|e| e.into_inner()).trades.extend_from_slice(batch);
-                }
-            });
-            out.quarantine.inspect_core(move |c| {
-                if let Ok((_, batch)) = c {
-                    q.lock().unwrap_or_else(|e| e.into_inner()).quarantine.extend_from_slice(batch);
-                }
-            });
-            let (probe, _) = out
-                .bars
-                .inspect_core(move |c| {
+        let probe =
+            worker.dataflow(|scope| {
+                let out = crate::build_pipeline(scope, source, cfg.clone(), bars.clone());
+                out.trades.inspect_core(move |c| {
                     if let Ok((_, batch)) = c {
-                        b.lock().unwrap_or_else(|e| e.into_inner()).bars.extend_from_slice(batch);
+                        t.lock().unwrap_or_else(|e| e.into_inner()).trades.extend_from_slice(batch);
                     }
-                })
-                .probe();
-            probe
-        });
+                });
+                out.quarantine.inspect_core(move |c| {
+                    if let Ok((_, batch)) = c {
+                        q.lock().unwrap_or_else(|e| e.into_inner()).quarantine.extend_from_slice(batch);
+                    }
+                });
+                let (probe, _) =
+                    out.bars
+                        .inspect_core(move |c| {
+                            if let Ok((stamp, batch)) = c {
+                                let time = stamp.least().copied().unwrap_or_default();
+                                let mut out = b.lock().unwrap_or_else(|e| e.into_inner());
+                                out.bars.extend_from_slice(batch);
+                                out.bar_times.extend(batch.iter().map(|(w, bar)| {
+                                    (time, *w, bar.symbol.to_string(), bar.window_start, bar.revision)
+                                }));
+                            }
+                        })
+                        .probe();
+                probe
+            });
         while !probe.done() {
             worker.step();
         }

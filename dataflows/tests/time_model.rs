@@ -142,6 +142,30 @@ fn every_verdict_of_the_hand_written_log() {
         assert_eq!(got.quarantine.len(), 1);
         assert_eq!((got.quarantine[0].offset, got.quarantine[0].reason.as_str()), (11, "bad_price"));
         check_rows(got.bars);
+
+        // Rows leave at times fixed by the log: revision 0 at the window end (or, for a bar of
+        // late trades only, at the change), later revisions at the change that made them.
+        let mut times = got.bar_times.clone();
+        times.sort();
+        let want_times: Vec<(u64, u8, String, i64, u32)> = {
+            let t = |ms: i64| ms as u64;
+            let mut v = vec![
+                (t(T0 + M), 0, "AAA".to_owned(), T0, 0),
+                (t(T0 + M), 0, "AAA".to_owned(), T0, 1), // o7 arrived at floor(pw) = T0 + 1m
+                (t(T0 + M), 0, "BBB".to_owned(), T0, 0),
+                (t(T0 + 2 * M), 0, "AAA".to_owned(), T0 + M, 0),
+                (t(T0 + 14 * M), 0, "AAA".to_owned(), T0 + 10 * M, 0), // late only: at o10's time
+                (t(T0 + 16 * M), 0, "AAA".to_owned(), T0 + 15 * M, 0),
+                (t(T0 + 5 * M), 1, "AAA".to_owned(), T0, 0),
+                (t(T0 + 14 * M), 1, "AAA".to_owned(), T0, 1), // o9 at floor(pw) = T0 + 14m
+                (t(T0 + 5 * M), 1, "BBB".to_owned(), T0, 0),
+                (t(T0 + 15 * M), 1, "AAA".to_owned(), T0 + 10 * M, 0),
+                (t(T0 + 20 * M), 1, "AAA".to_owned(), T0 + 15 * M, 0),
+            ];
+            v.sort();
+            v
+        };
+        assert_eq!(times, want_times, "row times with {workers} workers, chunk {chunk}");
     }
 }
 

@@ -2,6 +2,11 @@
 //! written when the frontier passes its window end; every later time at which the bar changes
 //! (a late trade within the horizon) writes the next revision. A bar going to empty is the
 //! expiry of its state, not a change, and writes nothing.
+//!
+//! Each row leaves at a timely time fixed by the log alone: revision 0 at its window end (or,
+//! for a bar made only of late trades, at the time of that change), revision n at the time of
+//! the change that made it. What is output before a time is therefore a function of the log,
+//! which a replay that must skip already-written output relies on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -42,21 +47,21 @@ impl Revisions {
     }
 
     /// Writes revision 0 of every bar whose window ended by `upto`.
-    fn write_due(&mut self, upto: i64, rows: &mut Vec<(u8, Bar)>) {
+    fn write_due(&mut self, upto: i64, rows: &mut Vec<(Time, (u8, Bar))>) {
         while self.unwritten.first().is_some_and(|(end, _)| *end <= upto) {
-            let Some((_, key)) = self.unwritten.pop_first() else {
+            let Some((end, key)) = self.unwritten.pop_first() else {
                 break;
             };
             if let Some(s) = self.state.get_mut(&key) {
                 s.written = Some(0);
                 let acc = s.latest.clone();
-                rows.push(self.row(&key, &acc, 0));
+                rows.push((end as Time, self.row(&key, &acc, 0)));
             }
         }
     }
 
     /// Applies the changes of one completed time, in key order.
-    fn apply(&mut self, time: Time, changes: HashMap<BarKey, Change>, rows: &mut Vec<(u8, Bar)>) {
+    fn apply(&mut self, time: Time, changes: HashMap<BarKey, Change>, rows: &mut Vec<(Time, (u8, Bar))>) {
         // Everything ending by `time` is complete: its revision 0 goes first.
         self.write_due(time as i64, rows);
         let mut changes: Vec<_> = changes.into_iter().collect();
@@ -71,12 +76,12 @@ impl Revisions {
                             if let Some(r) = s.written {
                                 s.written = Some(r + 1);
                                 let acc = s.latest.clone();
-                                rows.push(self.row(&key, &acc, r + 1));
+                                rows.push((time, self.row(&key, &acc, r + 1)));
                             }
                         }
                         None if end <= time as i64 => {
                             // A bar made only of late trades: its first version is revision 0.
-                            rows.push(self.row(&key, &acc, 0));
+                            rows.push((time, self.row(&key, &acc, 0)));
                             self.state.insert(key, BarState { latest: acc, written: Some(0) });
                         }
                         None => {
@@ -104,19 +109,16 @@ pub fn bar_revisions<'scope>(
     bars: VecCollection<'scope, Time, (BarKey, BarAcc)>,
     cfg: BarsConfig,
 ) -> StreamVec<'scope, Time, (u8, Bar)> {
-    bars.inner.unary_frontier(Pipeline, "BarRevisions", move |_cap, _info| {
+    bars.inner.unary_frontier(Pipeline, "BarRevisions", move |initial, _info| {
         // Updates not yet final, by time.
         let mut updates: BTreeMap<Time, HashMap<BarKey, Change>> = BTreeMap::new();
         let mut revisions = Revisions { widths: cfg.widths, state: HashMap::new(), unwritten: BTreeSet::new() };
-        // Held while anything is pending, at the input frontier: rows leave at the time the
-        // frontier passed what they depend on.
-        let mut cap: Option<Capability<Time>> = None;
+        // Held at the least time a row may still leave at: the input frontier (changes yet to
+        // come), the earliest pending change, or the earliest unwritten window end.
+        let mut cap: Option<Capability<Time>> = Some(initial);
 
         move |(input, frontier), output| {
-            input.for_each_stamp(|input_cap, data| {
-                if cap.is_none() {
-                    cap = input_cap.retain_least(0);
-                }
+            input.for_each_stamp(|_, data| {
                 for ((key, acc), time, diff) in data.flat_map(|batch| batch.drain(..)) {
                     let slot = updates.entry(time).or_default().entry(key).or_insert((None, 0));
                     // A change arrives as (-old, +new); keep the value with positive weight.
@@ -128,7 +130,7 @@ pub fn bar_revisions<'scope>(
             });
 
             let frontier_time: Option<Time> = frontier.frontier().first().copied();
-            let mut rows: Vec<(u8, Bar)> = Vec::new();
+            let mut rows: Vec<(Time, (u8, Bar))> = Vec::new();
             while let Some(entry) = updates.first_entry() {
                 if frontier_time.is_some_and(|f| *entry.key() >= f) {
                     break;
@@ -139,15 +141,21 @@ pub fn bar_revisions<'scope>(
             revisions.write_due(frontier_time.map_or(i64::MAX, |f| f as i64), &mut rows);
 
             if let Some(c) = cap.as_mut() {
-                if !rows.is_empty() {
-                    output.session(&*c).give_iterator(rows.drain(..));
-                }
-                match frontier_time {
-                    Some(f) if !updates.is_empty() || !revisions.unwritten.is_empty() => {
-                        let to = f.max(*c.time());
-                        c.downgrade(&to);
+                rows.sort_by_key(|(time, _)| *time);
+                let mut rows = rows.into_iter().peekable();
+                while let Some((time, _)) = rows.peek() {
+                    let at = c.delayed(&(*time).max(*c.time()));
+                    let time = *time;
+                    let mut session = output.session(&at);
+                    while let Some((_, row)) = rows.next_if(|(t, _)| *t == time) {
+                        session.give(row);
                     }
-                    _ => cap = None,
+                }
+                let pending_update = updates.first_key_value().map(|(t, _)| *t);
+                let pending_end = revisions.unwritten.first().map(|(end, _)| *end as Time);
+                match [frontier_time, pending_update, pending_end].into_iter().flatten().min() {
+                    None => cap = None,
+                    Some(low) => c.downgrade(&low.max(*c.time())),
                 }
             }
         }
