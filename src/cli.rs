@@ -220,6 +220,18 @@ pub struct SimulateArgs {
     /// Print the symbol universe, one a line, and exit.
     #[arg(long)]
     pub list_symbols: bool,
+    /// Fault: close each connection after this many records (clients must reconnect).
+    #[arg(long)]
+    pub disconnect_every: Option<u64>,
+    /// Fault: stop sending for --stall-for every this many records of a connection.
+    #[arg(long)]
+    pub stall_every: Option<u64>,
+    /// Length of a stall.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub stall_for: Duration,
+    /// Fault: send an error frame and close after this many records of a connection.
+    #[arg(long)]
+    pub error_after: Option<u64>,
 }
 
 /// Flags of `stockflow ingest`.
@@ -234,6 +246,12 @@ pub struct IngestArgs {
     /// File of symbols, one a line (`#` starts a comment).
     #[arg(long)]
     pub symbols_file: Option<PathBuf>,
+    /// Replace a connection that has sent no frame (trades or pings) for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// Longest wait between reconnection attempts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaArgs,

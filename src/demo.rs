@@ -90,7 +90,14 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the simulator")?;
     let url = format!("ws://{}", listener.local_addr()?);
     let market = MarketConfig { seed: args.seed, symbols: args.symbols, ..Default::default() };
-    let sim = SimulateConfig { market, rate: None, total: Some(args.trades), ping_every: Duration::from_secs(5) };
+    let sim = SimulateConfig {
+        market,
+        rate: None,
+        total: Some(args.trades),
+        ping_every: Duration::from_secs(5),
+        faults: Default::default(),
+        sent: None,
+    };
     let server = runtime.spawn(crate::simulate::serve(listener, sim));
 
     let window = TimeConfig::default();
@@ -115,7 +122,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let handle = runtime.handle().clone();
     let job = std::thread::spawn(move || job::run(job_cfg, job_stop, handle));
 
-    let ingest_cfg = IngestConfig { url, symbols: universe(args.symbols), kafka: kafka.clone() };
+    let ingest_cfg = IngestConfig::new(url, universe(args.symbols), kafka.clone());
     let ingested = runtime.block_on(ingest::run(ingest_cfg));
     server.abort();
     let ingested = match ingested {

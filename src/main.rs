@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::error::ErrorKind;
 use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs};
-use stockflow::simulate::{MarketConfig, SimulateConfig, universe};
+use stockflow::simulate::{Faults, MarketConfig, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
 fn main() -> ExitCode {
@@ -107,6 +107,13 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         rate: (args.rate > 0.0).then_some(args.rate),
         total: args.trades,
         ping_every: Duration::from_secs(10),
+        faults: Faults {
+            disconnect_every: args.disconnect_every,
+            stall_every: args.stall_every,
+            stall_for: args.stall_for,
+            error_after: args.error_after,
+        },
+        sent: None,
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -158,12 +165,17 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
     if symbols.is_empty() {
         anyhow::bail!("no symbols: pass --symbols A,B or --symbols-file F");
     }
-    let cfg = ingest::IngestConfig { url: args.url, symbols, kafka: args.kafka.config() };
+    let cfg = ingest::IngestConfig {
+        token: std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+        stale_after: args.stale_after,
+        backoff_max: args.backoff_max,
+        ..ingest::IngestConfig::new(args.url, symbols, args.kafka.config())
+    };
     let rt = runtime()?;
     let stats = rt.block_on(ingest::run(cfg))?;
     println!(
-        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings",
-        stats.frames, stats.records, stats.delivered, stats.pings
+        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings, {} reconnects",
+        stats.frames, stats.records, stats.delivered, stats.pings, stats.reconnects
     );
     Ok(())
 }

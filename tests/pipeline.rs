@@ -86,10 +86,16 @@ fn fixture(seed: u64, records: u64, partitions: i32) -> Fixture {
         market_rate: 200.0,
         ..Default::default()
     };
-    let sim = SimulateConfig { market, rate: None, total: Some(records), ping_every: Duration::from_secs(1) };
+    let sim = SimulateConfig {
+        market,
+        rate: None,
+        total: Some(records),
+        ping_every: Duration::from_secs(1),
+        faults: Default::default(),
+        sent: None,
+    };
     let server = rt.spawn(serve(listener, sim));
-    let stats =
-        rt.block_on(ingest::run(IngestConfig { url, symbols: universe(40), kafka: kafka.clone() })).expect("ingest");
+    let stats = rt.block_on(ingest::run(IngestConfig::new(url, universe(40), kafka.clone()))).expect("ingest");
     server.abort();
     assert_eq!(stats.records, records, "ingest forwards one record per trade object");
     assert_eq!(stats.delivered, records);

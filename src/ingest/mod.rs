@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::kafka::KafkaConfig;
+use crate::simulate::END_OF_STREAM;
 
 /// Frames buffered between socket and producer before the reader stops reading.
 const QUEUE_FRAMES: usize = 4096;
@@ -30,10 +31,30 @@ const QUEUE_FRAMES: usize = 4096;
 pub struct IngestConfig {
     /// Websocket URL (Finnhub or `stockflow simulate`).
     pub url: String,
+    /// Finnhub API token, appended to the URL; never logged.
+    pub token: Option<String>,
     /// Symbols to subscribe to.
     pub symbols: Vec<String>,
+    /// A connection without any frame (trades or pings) for this long is replaced.
+    pub stale_after: Duration,
+    /// Longest wait between reconnection attempts.
+    pub backoff_max: Duration,
     /// Target topic.
     pub kafka: KafkaConfig,
+}
+
+impl IngestConfig {
+    /// Defaults for everything but where to read, what, and where to write.
+    pub fn new(url: String, symbols: Vec<String>, kafka: KafkaConfig) -> Self {
+        IngestConfig {
+            url,
+            token: None,
+            symbols,
+            kafka,
+            stale_after: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Counts of one ingest run.
@@ -49,6 +70,8 @@ pub struct IngestStats {
     pub failed: u64,
     /// Ping frames received.
     pub pings: u64,
+    /// Connections lost and re-established.
+    pub reconnects: u64,
 }
 
 /// Why ingest stopped.
@@ -120,7 +143,80 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Subscribes, then forwards every trade until the server closes the connection.
+/// How one connection ended.
+enum Session {
+    /// The server closed with [`END_OF_STREAM`] (the simulator's end; Finnhub never ends).
+    EndOfStream,
+    /// The producer stopped (its error is reported from its thread).
+    ProducerStopped,
+    /// The connection broke, went stale or was closed: reconnect.
+    Lost(String),
+}
+
+async fn subscribe<S>(ws: &mut S, symbols: &[String]) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    for symbol in symbols {
+        let request = serde_json::json!({"type": "subscribe", "symbol": symbol}).to_string();
+        ws.feed(Message::text(request)).await?;
+    }
+    ws.flush().await
+}
+
+/// Forwards frames to the producer until the connection ends one way or another.
+async fn read_frames<S>(
+    ws: &mut S,
+    to_producer: &mpsc::Sender<Message>,
+    stale_after: Duration,
+    frames: &mut u64,
+) -> Session
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(stale_after, ws.next()).await {
+            Err(_) => return Session::Lost(format!("no frame for {}s", stale_after.as_secs_f64())),
+            Ok(None) => return Session::Lost("connection closed".into()),
+            Ok(Some(Err(e))) => return Session::Lost(e.to_string()),
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return match frame {
+                    Some(f) if f.reason.as_str() == END_OF_STREAM => Session::EndOfStream,
+                    f => {
+                        Session::Lost(format!("server closed: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()))
+                    }
+                };
+            }
+            Ok(Some(Ok(msg @ Message::Text(_)))) => {
+                *frames += 1;
+                if to_producer.send(msg).await.is_err() {
+                    return Session::ProducerStopped;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Errors no retry can fix: a rejected upgrade (bad token: 401/403) or a malformed URL.
+fn is_fatal(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Http(response) => response.status().is_client_error(),
+        Error::Url(_) => true,
+        _ => false,
+    }
+}
+
+/// Exponential backoff from 100 ms with jitter (half to all of the step), capped at `max`.
+fn backoff(attempt: u32, max: Duration) -> Duration {
+    let step = Duration::from_millis(100).saturating_mul(1u32 << attempt.min(16)).min(max);
+    step / 2 + step.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// Subscribes, then forwards every trade to Kafka, reconnecting (and resubscribing) with
+/// backoff whenever the connection breaks, goes stale or is closed, until the server ends
+/// the stream or a fatal error (rejected token, error frame, producer failure).
 pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let socket_error = |source| IngestError::Socket { url: cfg.url.clone(), source: Box::new(source) };
     let counters = Arc::new(Counters::default());
@@ -136,33 +232,41 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         .create_with_context(DeliveryCounter(Arc::clone(&counters)))
         .map_err(IngestError::Config)?;
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(cfg.url.as_str()).await.map_err(socket_error)?;
-    for symbol in &cfg.symbols {
-        let request = serde_json::json!({"type": "subscribe", "symbol": symbol}).to_string();
-        ws.feed(Message::text(request)).await.map_err(socket_error)?;
-    }
-    ws.flush().await.map_err(socket_error)?;
-    tracing::info!(url = %cfg.url, symbols = cfg.symbols.len(), "subscribed");
-
     let (frames_tx, frames_rx) = mpsc::channel::<Message>(QUEUE_FRAMES);
     let topic = cfg.kafka.topic.clone();
     let producing = tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx));
 
-    let mut frames = 0;
+    // The token travels only in the request URL; messages and logs use `cfg.url`.
+    let url = match &cfg.token {
+        Some(token) => format!("{}{}token={token}", cfg.url, if cfg.url.contains('?') { '&' } else { '?' }),
+        None => cfg.url.clone(),
+    };
+    let (mut frames, mut reconnects, mut attempt) = (0u64, 0u64, 0u32);
     let mut read_error = None;
-    while let Some(msg) = ws.next().await {
-        match msg {
-            Ok(msg @ Message::Text(_)) => {
-                frames += 1;
-                if frames_tx.send(msg).await.is_err() {
-                    break; // the producer stopped; its error is reported below
+    loop {
+        let session = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((mut ws, _)) => match subscribe(&mut ws, &cfg.symbols).await {
+                Ok(()) => {
+                    tracing::info!(url = %cfg.url, symbols = cfg.symbols.len(), reconnects, "subscribed");
+                    attempt = 0;
+                    read_frames(&mut ws, &frames_tx, cfg.stale_after, &mut frames).await
                 }
-            }
-            Ok(Message::Close(_)) => break,
-            Ok(_) => {}
-            Err(e) => {
+                Err(e) => Session::Lost(e.to_string()),
+            },
+            Err(e) if is_fatal(&e) => {
                 read_error = Some(socket_error(e));
                 break;
+            }
+            Err(e) => Session::Lost(e.to_string()),
+        };
+        match session {
+            Session::EndOfStream | Session::ProducerStopped => break,
+            Session::Lost(why) => {
+                reconnects += 1;
+                let delay = backoff(attempt, cfg.backoff_max);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(url = %cfg.url, reason = %why, retry_in_ms = delay.as_millis() as u64, "websocket lost; reconnecting");
+                tokio::time::sleep(delay).await;
             }
         }
     }
@@ -175,6 +279,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         delivered: counters.delivered.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
         pings,
+        reconnects,
     };
     if let Some(e) = read_error {
         return Err(e);

@@ -28,11 +28,15 @@ pub struct WriterConfig {
     pub batch_rows: usize,
     /// Uploads in flight per worker before the worker waits for the oldest.
     pub max_uploads: usize,
+    /// Open files per table and worker. Event times may scatter over a century of hours;
+    /// past this many open partitions the one with the fewest rows is closed, which bounds
+    /// memory at the cost of small files for scattered data only.
+    pub max_open_files: usize,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { rows_per_file: 2_000_000, batch_rows: 64 * 1024, max_uploads: 4 }
+        WriterConfig { rows_per_file: 2_000_000, batch_rows: 64 * 1024, max_uploads: 4, max_open_files: 64 }
     }
 }
 
@@ -111,6 +115,12 @@ impl<C: Columns> TableFiles<C> {
 
     /// Appends `row` to the file of `hour`; closes and uploads the file if it is full.
     pub fn push(&mut self, hour: i64, row: &C::Row, out: &mut FileSink) -> Result<(), LakeError> {
+        if !self.open.contains_key(&hour) && self.open.len() >= self.config.max_open_files.max(1) {
+            let smallest = self.open.iter().min_by_key(|(_, f)| f.rows + f.columns.len()).map(|(h, _)| *h);
+            if let Some(file) = smallest.and_then(|h| self.open.remove_entry(&h)) {
+                out.store(&self.table, file.0, file.1)?;
+            }
+        }
         let file = match self.open.get_mut(&hour) {
             Some(file) => file,
             None => {
@@ -212,5 +222,50 @@ impl FileSink {
             self.wait_oldest()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflows::{Quarantined, Reason};
+
+    use super::*;
+    use crate::lake::HOUR_MS;
+    use crate::lake::encode::QuarantineColumns;
+    use crate::lake::read::{list_files, positions, read_table};
+
+    fn row(offset: i64) -> Quarantined {
+        Quarantined {
+            reason: Reason::MalformedJson,
+            payload: "{".into(),
+            partition: 0,
+            offset,
+            kafka_ts: Some(offset * HOUR_MS),
+            time: 0,
+        }
+    }
+
+    #[test]
+    fn scattered_hours_keep_few_files_open_and_lose_no_rows() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let config = WriterConfig { max_open_files: 2, batch_rows: 4, ..Default::default() };
+        let mut out = FileSink::new(FileNamer::new(lake.clone(), 0), rt.handle().clone(), &config);
+        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+        // Ten rows in each of five hours, interleaved: never more than two files open.
+        for i in 0..50 {
+            files.push(i % 5, &row(i), &mut out).expect("push");
+            assert!(files.open.len() <= 2);
+        }
+        files.close_all(&mut out).expect("close");
+        out.finish().expect("uploads");
+        let batches = rt.block_on(read_table(&lake, &Table::Quarantine)).expect("read");
+        let mut offsets: Vec<i64> = positions(&batches).expect("positions").into_iter().map(|(_, o)| o).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+        let stored = rt.block_on(list_files(&lake, &Table::Quarantine)).expect("list").len() as u64;
+        assert_eq!(stored, out.stats.files);
+        assert!(stored > 5, "closing the smallest file made more, smaller files: {stored}");
     }
 }

@@ -1,5 +1,6 @@
 //! The websocket side of the simulator: Finnhub's subscribe protocol, trade and ping frames,
-//! optional pacing, and a normal close after a fixed number of records.
+//! optional pacing, injected faults (disconnects, stalls, error frames), and a final close
+//! after a fixed number of records.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,21 +12,49 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::market::{Market, MarketConfig};
 
-/// How the server behaves towards each connection.
+/// How the server behaves.
 #[derive(Clone, Debug)]
 pub struct SimulateConfig {
-    /// The market every connection replays from its start.
+    /// The market. One market per server: a client that reconnects continues where its
+    /// previous connection stopped, as with a live feed.
     pub market: MarketConfig,
     /// Records per wall-clock second per connection; `None` sends as fast as the socket takes.
     pub rate: Option<f64>,
-    /// Records sent before the server closes the connection normally; `None` never stops.
+    /// Records the server sends in all before closing with [`END_OF_STREAM`]; `None`: never.
     pub total: Option<u64>,
     /// Interval between `{"type":"ping"}` frames.
     pub ping_every: Duration,
+    /// Faults to inject, for testing clients.
+    pub faults: Faults,
+    /// When set, every trade frame sent (to any connection) is appended here, so a test can
+    /// check what a client made of exactly what it was sent.
+    pub sent: Option<Arc<Mutex<Vec<String>>>>,
 }
+
+/// Faults the simulator can inject.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Close each connection (normally, after flushing) once it has carried this many records.
+    pub disconnect_every: Option<u64>,
+    /// Stop sending for `stall_for` every this many records of a connection.
+    pub stall_every: Option<u64>,
+    /// Length of a stall.
+    pub stall_for: Duration,
+    /// Send an error frame (and close) once a connection has carried this many records.
+    pub error_after: Option<u64>,
+}
+
+/// Close reason of the final close after `total` records: the one close a client should not
+/// reconnect after. (Finnhub itself never ends a stream.)
+pub const END_OF_STREAM: &str = "end of stream";
+
+/// The error the simulator sends for `error_after`, worded like Finnhub's.
+pub const ERROR_MESSAGE: &str = "Subscribing to too many symbols";
 
 #[derive(Deserialize)]
 struct Request {
@@ -36,34 +65,53 @@ struct Request {
 
 /// Subscriptions of one connection, written by its reader and read by its writer.
 struct Subscriptions {
-    index: HashMap<String, usize>,
+    index: Arc<HashMap<String, usize>>,
     flags: Mutex<Vec<bool>>,
     version: AtomicU64,
     settled: Notify,
 }
 
-/// Accepts connections on `listener` forever, serving each from a fresh market.
+/// What all connections of a server share.
+struct Server {
+    cfg: SimulateConfig,
+    market: Mutex<Market>,
+    index: Arc<HashMap<String, usize>>,
+    /// Records sent over all connections.
+    sent: AtomicU64,
+}
+
+/// Accepts connections on `listener` forever, all served from one market.
 pub async fn serve(listener: TcpListener, cfg: SimulateConfig) -> std::io::Result<()> {
+    let market = Market::new(cfg.market.clone());
+    let index = Arc::new(market.symbols().enumerate().map(|(i, s)| (s.to_owned(), i)).collect());
+    let server = Arc::new(Server { cfg, market: Mutex::new(market), index, sent: AtomicU64::new(0) });
     loop {
         let (stream, peer) = listener.accept().await?;
-        let cfg = cfg.clone();
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, cfg).await {
+            if let Err(e) = connection(stream, &server).await {
                 tracing::info!(%peer, error = %e, "simulator connection ended");
             }
         });
     }
 }
 
-async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+/// Why a connection's send loop stopped.
+enum Ending {
+    Complete,
+    Disconnect,
+    Error,
+    ClientGone,
+}
+
+async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let cfg = &server.cfg;
     stream.set_nodelay(true).ok();
     let ws = tokio_tungstenite::accept_async(stream).await?;
     let (mut tx, mut rx) = ws.split();
-    let mut market = Market::new(cfg.market.clone());
-    let index: HashMap<String, usize> = market.symbols().enumerate().map(|(i, s)| (s.to_owned(), i)).collect();
     let subs = Arc::new(Subscriptions {
-        flags: Mutex::new(vec![false; index.len()]),
-        index,
+        flags: Mutex::new(vec![false; server.index.len()]),
+        index: Arc::clone(&server.index),
         version: AtomicU64::new(0),
         settled: Notify::new(),
     });
@@ -79,15 +127,37 @@ async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_
             }
             reader_subs.settled.notify_one();
         }
+        // Wake a writer waiting for subscriptions: the client is gone.
+        reader_subs.settled.notify_one();
     });
 
     subs.settled.notified().await;
     let started = Instant::now();
     let mut last_ping = Instant::now();
     let (mut sent, mut frames) = (0u64, 0u64);
+    let mut next_stall = cfg.faults.stall_every;
     let mut seen_version = u64::MAX;
     let mut flags: Vec<bool> = Vec::new();
-    while cfg.total.is_none_or(|t| sent < t) && !reader.is_finished() {
+    let ending = loop {
+        if reader.is_finished() {
+            break Ending::ClientGone;
+        }
+        let total_sent = server.sent.load(Ordering::Acquire);
+        if cfg.total.is_some_and(|t| total_sent >= t) {
+            break Ending::Complete;
+        }
+        if cfg.faults.disconnect_every.is_some_and(|n| sent >= n) {
+            break Ending::Disconnect;
+        }
+        if cfg.faults.error_after.is_some_and(|n| sent >= n) {
+            break Ending::Error;
+        }
+        if next_stall.is_some_and(|n| sent >= n) {
+            tx.flush().await?;
+            tokio::time::sleep(cfg.faults.stall_for).await;
+            next_stall = next_stall.zip(cfg.faults.stall_every).map(|(n, every)| n + every.max(1));
+            continue;
+        }
         let version = subs.version.load(Ordering::Acquire);
         if version != seen_version {
             seen_version = version;
@@ -97,8 +167,13 @@ async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_
             subs.settled.notified().await;
             continue;
         }
-        let budget = cfg.total.map_or(usize::MAX, |t| (t - sent) as usize);
-        let Some(frame) = market.next_frame(&flags, budget) else {
+        let budget = cfg.total.map_or(usize::MAX, |t| (t - total_sent) as usize);
+        let budget = cfg.faults.disconnect_every.map_or(budget, |n| budget.min((n - sent) as usize));
+        let frame = match server.market.lock() {
+            Ok(mut market) => market.next_frame(&flags, budget),
+            Err(_) => break Ending::Error,
+        };
+        let Some(frame) = frame else {
             tokio::task::yield_now().await;
             continue;
         };
@@ -107,7 +182,13 @@ async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_
             tokio::time::sleep_until(due.into()).await;
         }
         sent += frame.records as u64;
+        server.sent.fetch_add(frame.records as u64, Ordering::AcqRel);
         frames += 1;
+        if let Some(log) = &cfg.sent {
+            if let Ok(mut log) = log.lock() {
+                log.push(frame.text.clone());
+            }
+        }
         tx.feed(Message::text(frame.text)).await?;
         if last_ping.elapsed() >= cfg.ping_every {
             last_ping = Instant::now();
@@ -117,9 +198,18 @@ async fn connection(stream: TcpStream, cfg: SimulateConfig) -> Result<(), tokio_
         if cfg.rate.is_some() || frames % 64 == 0 {
             tx.flush().await?;
         }
-    }
+    };
     tx.flush().await?;
-    tx.send(Message::Close(None)).await?;
+    let close = |reason: &str| Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: reason.into() }));
+    match ending {
+        Ending::Complete => tx.send(close(END_OF_STREAM)).await?,
+        Ending::Disconnect => tx.send(close("reconnect")).await?,
+        Ending::Error => {
+            tx.send(Message::text(serde_json::json!({"type": "error", "msg": ERROR_MESSAGE}).to_string())).await?;
+            tx.send(close("error")).await?;
+        }
+        Ending::ClientGone => {}
+    }
     reader.abort();
     tracing::debug!(sent, frames, "simulator connection done");
     Ok(())

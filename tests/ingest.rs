@@ -1,0 +1,170 @@
+//! Ingest under faults: the simulator drops connections, stalls and sends error frames, the
+//! broker goes down and comes back; every trade the simulator sent must reach Kafka exactly
+//! once, and an error frame must end ingest with its message.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::value::RawValue;
+use stockflow::ingest::{self, IngestConfig, IngestError, IngestStats};
+use stockflow::kafka::KafkaConfig;
+use stockflow::simulate::{ERROR_MESSAGE, Faults, MarketConfig, SimulateConfig, serve, universe};
+
+const SYMBOLS: usize = 30;
+
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    mock: MockCluster<'static, DefaultProducerContext>,
+    kafka: KafkaConfig,
+}
+
+fn rig(partitions: i32) -> Rig {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mock = MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("trades", partitions, 1).expect("topic");
+    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic: "trades".into(), properties: vec![] };
+    Rig { rt, mock, kafka }
+}
+
+type Running = (
+    tokio::task::JoinHandle<Result<IngestStats, IngestError>>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    Arc<Mutex<Vec<String>>>,
+);
+
+/// Starts a simulator with `faults` and ingest against it.
+fn start(rig: &Rig, total: u64, rate: Option<f64>, faults: Faults, stale: Duration) -> Running {
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let listener = rig.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let url = format!("ws://{}", listener.local_addr().expect("addr"));
+    let market = MarketConfig { seed: 5, symbols: SYMBOLS, anomaly_rate: 0.01, ..Default::default() };
+    let cfg = SimulateConfig {
+        market,
+        rate,
+        total: Some(total),
+        ping_every: Duration::from_millis(100),
+        faults,
+        sent: Some(Arc::clone(&sent)),
+    };
+    let server = rig.rt.spawn(serve(listener, cfg));
+    let ingest_cfg = IngestConfig {
+        stale_after: stale,
+        backoff_max: Duration::from_millis(200),
+        ..IngestConfig::new(url, universe(SYMBOLS), rig.kafka.clone())
+    };
+    (rig.rt.spawn(ingest::run(ingest_cfg)), server, sent)
+}
+
+/// Waits for ingest to end; returns its result and every frame the simulator sent.
+fn finish(rig: &Rig, running: Running) -> (Result<IngestStats, IngestError>, Vec<String>) {
+    let (ingest, server, sent) = running;
+    let result = rig.rt.block_on(ingest).expect("ingest task");
+    server.abort();
+    let frames = sent.lock().map(|f| f.clone()).unwrap_or_default();
+    (result, frames)
+}
+
+fn run(
+    rig: &Rig,
+    total: u64,
+    rate: Option<f64>,
+    faults: Faults,
+    stale: Duration,
+) -> (Result<IngestStats, IngestError>, Vec<String>) {
+    let running = start(rig, total, rate, faults, stale);
+    finish(rig, running)
+}
+
+/// The records a correct ingest makes of `frames`, as a multiset of payloads.
+fn expected_records(frames: &[String]) -> HashMap<Vec<u8>, usize> {
+    #[derive(serde::Deserialize)]
+    struct Frame<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a RawValue>,
+    }
+    let mut out = HashMap::new();
+    for text in frames {
+        match serde_json::from_str::<Frame<'_>>(text) {
+            Ok(frame) => frame.data.iter().for_each(|raw| *out.entry(raw.get().as_bytes().to_vec()).or_insert(0) += 1),
+            Err(_) => *out.entry(text.as_bytes().to_vec()).or_insert(0) += 1,
+        }
+    }
+    out
+}
+
+/// Every payload in the topic, as a multiset.
+fn topic_records(kafka: &KafkaConfig, partitions: i32) -> HashMap<Vec<u8>, usize> {
+    let ends = kafka.watermarks(partitions).expect("watermarks");
+    let total: i64 = ends.values().map(|(lo, hi)| hi - lo).sum();
+    let consumer: BaseConsumer = kafka.client_config().set("group.id", "check").create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&kafka.topic, p, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = HashMap::new();
+    for _ in 0..total {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => *out.entry(m.payload().unwrap_or_default().to_vec()).or_insert(0) += 1,
+            other => panic!("reading the topic back: {:?}", other.map(|r| r.map(|m| m.offset()))),
+        }
+    }
+    out
+}
+
+fn assert_exactly_once(rig: &Rig, partitions: i32, frames: &[String], total: u64) {
+    let want = expected_records(frames);
+    assert_eq!(want.values().sum::<usize>() as u64, total, "the simulator sent {total} records");
+    let got = topic_records(&rig.kafka, partitions);
+    let missing: usize = want.iter().map(|(k, n)| n.saturating_sub(*got.get(k).unwrap_or(&0))).sum();
+    let extra: usize = got.iter().map(|(k, n)| n.saturating_sub(*want.get(k).unwrap_or(&0))).sum();
+    assert_eq!((missing, extra), (0, 0), "records missing / duplicated in Kafka");
+}
+
+#[test]
+fn disconnects_and_stalls_lose_and_duplicate_nothing() {
+    let rig = rig(3);
+    let faults = Faults {
+        disconnect_every: Some(3_000),
+        stall_every: Some(7_000),
+        stall_for: Duration::from_millis(1_500),
+        error_after: None,
+    };
+    let (result, frames) = run(&rig, 20_000, None, faults, Duration::from_millis(400));
+    let stats = result.expect("ingest");
+    assert_eq!((stats.records, stats.delivered, stats.failed), (20_000, 20_000, 0));
+    // Six forced disconnects at least, plus the stalls detected as stale connections.
+    assert!(stats.reconnects >= 6, "{stats:?}");
+    assert_exactly_once(&rig, 3, &frames, 20_000);
+}
+
+#[test]
+fn broker_outage_loses_nothing() {
+    let rig = rig(2);
+    rig.mock.broker_down(1).expect("broker down");
+    // Paced so the outage spans the first part of the stream; the broker returns after 1s.
+    let running = start(&rig, 10_000, Some(5_000.0), Faults::default(), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    rig.mock.broker_up(1).expect("broker up");
+    let (result, frames) = finish(&rig, running);
+    let stats = result.expect("ingest");
+    assert_eq!((stats.delivered, stats.failed), (10_000, 0));
+    assert_exactly_once(&rig, 2, &frames, 10_000);
+}
+
+#[test]
+fn error_frame_stops_ingest_with_its_message() {
+    let rig = rig(1);
+    let faults = Faults { error_after: Some(500), ..Faults::default() };
+    let (result, _) = run(&rig, 10_000, None, faults, Duration::from_secs(30));
+    match result {
+        Err(IngestError::Server(msg)) => assert_eq!(msg, ERROR_MESSAGE),
+        other => panic!("expected the server's error, got {other:?}"),
+    }
+}
