@@ -220,6 +220,12 @@ pub struct SimulateArgs {
     /// Print the symbol universe, one a line, and exit.
     #[arg(long)]
     pub list_symbols: bool,
+    /// Play a capture recorded by `ingest --record` instead of the synthetic market.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
+    /// Replay speed relative to the recording (0: as fast as possible).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
     /// Fault: close each connection after this many records (clients must reconnect).
     #[arg(long)]
     pub disconnect_every: Option<u64>,
@@ -252,6 +258,9 @@ pub struct IngestArgs {
     /// Longest wait between reconnection attempts.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// Append every received frame, with its receive time, to this file (JSON lines).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaArgs,

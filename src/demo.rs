@@ -97,6 +97,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         ping_every: Duration::from_secs(5),
         faults: Default::default(),
         sent: None,
+        replay: None,
     };
     let server = runtime.spawn(crate::simulate::serve(listener, sim));
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::error::ErrorKind;
 use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs};
-use stockflow::simulate::{Faults, MarketConfig, SimulateConfig, universe};
+use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
 fn main() -> ExitCode {
@@ -114,6 +114,13 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             error_after: args.error_after,
         },
         sent: None,
+        replay: match &args.replay {
+            Some(path) => Some(
+                Replay::load(path, (args.speed > 0.0).then_some(args.speed))
+                    .with_context(|| format!("reading capture {}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -169,6 +176,7 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         token: std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.is_empty()),
         stale_after: args.stale_after,
         backoff_max: args.backoff_max,
+        record: args.record.clone(),
         ..ingest::IngestConfig::new(args.url, symbols, args.kafka.config())
     };
     let rt = runtime()?;

@@ -40,24 +40,38 @@ type Running = (
 
 /// Starts a simulator with `faults` and ingest against it.
 fn start(rig: &Rig, total: u64, rate: Option<f64>, faults: Faults, stale: Duration) -> Running {
+    start_with(rig, total, rate, faults, stale, |_, _| {})
+}
+
+/// As `start`, after `setup` had its say on both configurations.
+fn start_with(
+    rig: &Rig,
+    total: u64,
+    rate: Option<f64>,
+    faults: Faults,
+    stale: Duration,
+    setup: impl FnOnce(&mut SimulateConfig, &mut IngestConfig),
+) -> Running {
     let sent = Arc::new(Mutex::new(Vec::new()));
     let listener = rig.rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
     let url = format!("ws://{}", listener.local_addr().expect("addr"));
     let market = MarketConfig { seed: 5, symbols: SYMBOLS, anomaly_rate: 0.01, ..Default::default() };
-    let cfg = SimulateConfig {
+    let mut cfg = SimulateConfig {
         market,
         rate,
         total: Some(total),
         ping_every: Duration::from_millis(100),
         faults,
         sent: Some(Arc::clone(&sent)),
+        replay: None,
     };
-    let server = rig.rt.spawn(serve(listener, cfg));
-    let ingest_cfg = IngestConfig {
+    let mut ingest_cfg = IngestConfig {
         stale_after: stale,
         backoff_max: Duration::from_millis(200),
         ..IngestConfig::new(url, universe(SYMBOLS), rig.kafka.clone())
     };
+    setup(&mut cfg, &mut ingest_cfg);
+    let server = rig.rt.spawn(serve(listener, cfg));
     (rig.rt.spawn(ingest::run(ingest_cfg)), server, sent)
 }
 
@@ -167,4 +181,29 @@ fn error_frame_stops_ingest_with_its_message() {
         Err(IngestError::Server(msg)) => assert_eq!(msg, ERROR_MESSAGE),
         other => panic!("expected the server's error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_recorded_session_replays_to_the_same_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("capture.jsonl");
+    let recording = rig(2);
+    let path = capture.clone();
+    let running = start_with(&recording, 5_000, None, Faults::default(), Duration::from_secs(30), |_, ingest| {
+        ingest.record = Some(path);
+    });
+    let (result, frames) = finish(&recording, running);
+    let stats = result.expect("recording ingest");
+    let lines = std::fs::read_to_string(&capture).expect("capture").lines().count() as u64;
+    assert_eq!(lines, stats.frames, "one capture line per received frame");
+
+    let replaying = rig(2);
+    let replay = stockflow::simulate::Replay::load(&capture, Some(50.0)).expect("load capture");
+    let running = start_with(&replaying, 5_000, None, Faults::default(), Duration::from_secs(30), |sim, _| {
+        sim.replay = Some(replay);
+    });
+    let (result, _) = finish(&replaying, running);
+    assert_eq!(result.expect("replaying ingest").records, 5_000);
+    assert_eq!(topic_records(&replaying.kafka, 2), topic_records(&recording.kafka, 2));
+    assert_exactly_once(&replaying, 2, &frames, 5_000);
 }

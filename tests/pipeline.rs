@@ -93,6 +93,7 @@ fn fixture(seed: u64, records: u64, partitions: i32) -> Fixture {
         ping_every: Duration::from_secs(1),
         faults: Default::default(),
         sent: None,
+        replay: None,
     };
     let server = rt.spawn(serve(listener, sim));
     let stats = rt.block_on(ingest::run(IngestConfig::new(url, universe(40), kafka.clone()))).expect("ingest");

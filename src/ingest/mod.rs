@@ -7,6 +7,9 @@
 //! key) so the job quarantines them instead of ingest losing them.
 
 use std::borrow::Cow;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,7 +18,7 @@ use futures::{SinkExt, StreamExt};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +42,8 @@ pub struct IngestConfig {
     pub stale_after: Duration,
     /// Longest wait between reconnection attempts.
     pub backoff_max: Duration,
+    /// Append every received frame with its receive time to this file (JSON lines).
+    pub record: Option<PathBuf>,
     /// Target topic.
     pub kafka: KafkaConfig,
 }
@@ -53,6 +58,7 @@ impl IngestConfig {
             kafka,
             stale_after: Duration::from_secs(30),
             backoff_max: Duration::from_secs(30),
+            record: None,
         }
     }
 }
@@ -94,6 +100,14 @@ pub enum IngestError {
     /// The producer failed for good.
     #[error("kafka producer: {0}")]
     Produce(KafkaError),
+    /// The capture file could not be written.
+    #[error("recording to {}: {source}", path.display())]
+    Record {
+        /// The capture file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
     /// Some records were not delivered.
     #[error("{0} records could not be delivered to Kafka")]
     Undelivered(u64),
@@ -143,6 +157,43 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A frame and its receive time (ms since the epoch): the Kafka timestamp of its records.
+type Received = (i64, Message);
+
+/// `--record`: every received frame with its receive time, one JSON object a line
+/// (`{"t":1763997374633,"frame":"..."}`), the format `simulate --replay` plays back.
+struct Recorder {
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+#[derive(Serialize)]
+struct RecordedFrame<'a> {
+    t: i64,
+    frame: &'a str,
+}
+
+impl Recorder {
+    fn open(path: &Path) -> Result<Self, IngestError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| IngestError::Record { path: path.to_owned(), source: e })?;
+        Ok(Recorder { path: path.to_owned(), out: BufWriter::new(file) })
+    }
+
+    fn write(&mut self, t: i64, frame: &str) -> Result<(), IngestError> {
+        let fail = |e: std::io::Error| IngestError::Record { path: self.path.clone(), source: e };
+        serde_json::to_writer(&mut self.out, &RecordedFrame { t, frame }).map_err(|e| fail(e.into()))?;
+        self.out.write_all(b"\n").map_err(fail)
+    }
+
+    fn flush(&mut self) -> Result<(), IngestError> {
+        self.out.flush().map_err(|e| IngestError::Record { path: self.path.clone(), source: e })
+    }
+}
+
 /// How one connection ended.
 enum Session {
     /// The server closed with [`END_OF_STREAM`] (the simulator's end; Finnhub never ends).
@@ -167,7 +218,7 @@ where
 /// Forwards frames to the producer until the connection ends one way or another.
 async fn read_frames<S>(
     ws: &mut S,
-    to_producer: &mpsc::Sender<Message>,
+    to_producer: &mpsc::Sender<Received>,
     stale_after: Duration,
     frames: &mut u64,
 ) -> Session
@@ -189,7 +240,7 @@ where
             }
             Ok(Some(Ok(msg @ Message::Text(_)))) => {
                 *frames += 1;
-                if to_producer.send(msg).await.is_err() {
+                if to_producer.send((now_ms(), msg)).await.is_err() {
                     return Session::ProducerStopped;
                 }
             }
@@ -232,9 +283,13 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         .create_with_context(DeliveryCounter(Arc::clone(&counters)))
         .map_err(IngestError::Config)?;
 
-    let (frames_tx, frames_rx) = mpsc::channel::<Message>(QUEUE_FRAMES);
+    let recorder = match &cfg.record {
+        Some(path) => Some(Recorder::open(path)?),
+        None => None,
+    };
+    let (frames_tx, frames_rx) = mpsc::channel::<Received>(QUEUE_FRAMES);
     let topic = cfg.kafka.topic.clone();
-    let producing = tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx));
+    let producing = tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx, recorder));
 
     // The token travels only in the request URL; messages and logs use `cfg.url`.
     let url = match &cfg.token {
@@ -295,11 +350,14 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
 fn produce_frames(
     producer: BaseProducer<DeliveryCounter>,
     topic: &str,
-    mut frames: mpsc::Receiver<Message>,
+    mut frames: mpsc::Receiver<Received>,
+    mut recorder: Option<Recorder>,
 ) -> Result<(u64, u64), IngestError> {
     let (mut records, mut pings) = (0u64, 0u64);
-    while let Some(Message::Text(text)) = frames.blocking_recv() {
-        let received = now_ms();
+    while let Some((received, Message::Text(text))) = frames.blocking_recv() {
+        if let Some(r) = recorder.as_mut() {
+            r.write(received, text.as_str())?;
+        }
         let mut send = |key: Option<&[u8]>, payload: &[u8]| -> Result<(), IngestError> {
             let mut record = BaseRecord::to(topic).payload(payload).timestamp(received);
             if let Some(key) = key {
@@ -335,6 +393,9 @@ fn produce_frames(
             },
         }
         producer.poll(Duration::ZERO);
+    }
+    if let Some(r) = recorder.as_mut() {
+        r.flush()?;
     }
     producer.flush(Duration::from_secs(60)).map_err(IngestError::Produce)?;
     Ok((records, pings))

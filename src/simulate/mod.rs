@@ -4,4 +4,4 @@ pub mod market;
 mod server;
 
 pub use market::{Market, MarketConfig, universe};
-pub use server::{END_OF_STREAM, ERROR_MESSAGE, Faults, SimulateConfig, serve};
+pub use server::{END_OF_STREAM, ERROR_MESSAGE, Faults, Replay, SimulateConfig, serve};

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::market::{Market, MarketConfig};
+use super::market::{Frame, Market, MarketConfig};
 
 /// How the server behaves.
 #[derive(Clone, Debug)]
@@ -34,6 +34,56 @@ pub struct SimulateConfig {
     /// When set, every trade frame sent (to any connection) is appended here, so a test can
     /// check what a client made of exactly what it was sent.
     pub sent: Option<Arc<Mutex<Vec<String>>>>,
+    /// Play these recorded frames (from `ingest --record`) instead of the market.
+    pub replay: Option<Replay>,
+}
+
+/// Frames recorded by `ingest --record`, played back in order.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// `(receive time ms, frame text)`, in recording order.
+    pub frames: Arc<Vec<(i64, String)>>,
+    /// Playback speed relative to the recording; `None`: as fast as the socket takes.
+    pub speed: Option<f64>,
+}
+
+impl Replay {
+    /// Reads a capture: one `{"t":…,"frame":"…"}` object a line.
+    pub fn load(path: &std::path::Path, speed: Option<f64>) -> std::io::Result<Replay> {
+        #[derive(Deserialize)]
+        struct Line {
+            t: i64,
+            frame: String,
+        }
+        let text = std::fs::read_to_string(path)?;
+        let frames = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str::<Line>(l)
+                    .map(|l| (l.t, l.frame))
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", i + 1)))
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Replay { frames: Arc::new(frames), speed })
+    }
+}
+
+/// How many Kafka records ingest makes of a frame: its trades, one for a frame that is not
+/// JSON, none for pings and other control frames.
+fn records_in(text: &str) -> usize {
+    #[derive(Deserialize)]
+    struct View {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        data: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    match serde_json::from_str::<View>(text) {
+        Ok(View { kind: Some(k), data }) if k == "trade" => data.map_or(0, |d| d.len()),
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
 }
 
 /// Faults the simulator can inject.
@@ -78,13 +128,16 @@ struct Server {
     index: Arc<HashMap<String, usize>>,
     /// Records sent over all connections.
     sent: AtomicU64,
+    /// Next recorded frame to play, when replaying.
+    cursor: Mutex<usize>,
 }
 
 /// Accepts connections on `listener` forever, all served from one market.
 pub async fn serve(listener: TcpListener, cfg: SimulateConfig) -> std::io::Result<()> {
     let market = Market::new(cfg.market.clone());
     let index = Arc::new(market.symbols().enumerate().map(|(i, s)| (s.to_owned(), i)).collect());
-    let server = Arc::new(Server { cfg, market: Mutex::new(market), index, sent: AtomicU64::new(0) });
+    let server =
+        Arc::new(Server { cfg, market: Mutex::new(market), index, sent: AtomicU64::new(0), cursor: Mutex::new(0) });
     loop {
         let (stream, peer) = listener.accept().await?;
         let server = Arc::clone(&server);
@@ -136,6 +189,7 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
     let mut last_ping = Instant::now();
     let (mut sent, mut frames) = (0u64, 0u64);
     let mut next_stall = cfg.faults.stall_every;
+    let mut replay_start: Option<i64> = None;
     let mut seen_version = u64::MAX;
     let mut flags: Vec<bool> = Vec::new();
     let ending = loop {
@@ -169,17 +223,34 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
         }
         let budget = cfg.total.map_or(usize::MAX, |t| (t - total_sent) as usize);
         let budget = cfg.faults.disconnect_every.map_or(budget, |n| budget.min((n - sent) as usize));
-        let frame = match server.market.lock() {
-            Ok(mut market) => market.next_frame(&flags, budget),
-            Err(_) => break Ending::Error,
+        let frame = match &cfg.replay {
+            Some(replay) => {
+                let Ok(mut cursor) = server.cursor.lock() else { break Ending::Error };
+                let Some((t, text)) = replay.frames.get(*cursor) else { break Ending::Complete };
+                *cursor += 1;
+                Some((Some(*t), Frame { records: records_in(text), text: text.clone() }))
+            }
+            None => match server.market.lock() {
+                Ok(mut market) => market.next_frame(&flags, budget).map(|f| (None, f)),
+                Err(_) => break Ending::Error,
+            },
         };
-        let Some(frame) = frame else {
+        let Some((recorded_at, frame)) = frame else {
             tokio::task::yield_now().await;
             continue;
         };
-        if let Some(rate) = cfg.rate {
-            let due = started + Duration::from_secs_f64(sent as f64 / rate.max(1e-3));
-            tokio::time::sleep_until(due.into()).await;
+        match (recorded_at, cfg.replay.as_ref().and_then(|r| r.speed), cfg.rate) {
+            (Some(t), Some(speed), _) => {
+                // Keep the recording's spacing, scaled by the speed.
+                let first = *replay_start.get_or_insert(t);
+                let due = started + Duration::from_secs_f64((t - first).max(0) as f64 / 1000.0 / speed.max(1e-6));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            (None, _, Some(rate)) => {
+                let due = started + Duration::from_secs_f64(sent as f64 / rate.max(1e-3));
+                tokio::time::sleep_until(due.into()).await;
+            }
+            _ => {}
         }
         sent += frame.records as u64;
         server.sent.fetch_add(frame.records as u64, Ordering::AcqRel);
