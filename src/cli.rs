@@ -243,8 +243,9 @@ pub struct SimulateArgs {
 /// Flags of `stockflow ingest`.
 #[derive(Debug, Args, Clone)]
 pub struct IngestArgs {
-    /// Websocket URL of a Finnhub-compatible server.
-    #[arg(long, default_value = "ws://127.0.0.1:8765")]
+    /// Websocket URL of Finnhub or a compatible server (`stockflow simulate` listens on
+    /// ws://127.0.0.1:8765). The token comes from FINNHUB_TOKEN.
+    #[arg(long, default_value = "wss://ws.finnhub.io")]
     pub url: String,
     /// Symbols to subscribe to, comma separated.
     #[arg(long, value_delimiter = ',')]

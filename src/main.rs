@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
+    // One TLS crypto provider for the process (websocket and S3 clients alike).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,8 +174,12 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
     if symbols.is_empty() {
         anyhow::bail!("no symbols: pass --symbols A,B or --symbols-file F");
     }
+    let token = std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if token.is_none() && args.url.contains("finnhub.io") {
+        anyhow::bail!("FINNHUB_TOKEN is not set: Finnhub's websocket needs an API token");
+    }
     let cfg = ingest::IngestConfig {
-        token: std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+        token,
         stale_after: args.stale_after,
         backoff_max: args.backoff_max,
         record: args.record.clone(),

@@ -162,3 +162,49 @@ fn processes_pipeline_through_dev_kafka() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn ingest_without_a_finnhub_token_is_one_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["ingest", "--symbols", "AAPL"])
+        .env_remove("FINNHUB_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr_lines(&out), ["error: FINNHUB_TOKEN is not set: Finnhub's websocket needs an API token"]);
+}
+
+#[test]
+fn wss_urls_go_through_tls() {
+    // A plain TCP listener that hangs up: the client must fail in the TLS handshake (not for
+    // want of TLS support), and keep the token out of the message.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            drop(stream);
+        }
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args([
+            "ingest",
+            "--symbols",
+            "AAPL",
+            "--url",
+            &format!("wss://localhost:{}", addr.port()),
+            "--backoff-max",
+            "100ms",
+        ])
+        .env("FINNHUB_TOKEN", "secret-token-value")
+        .env("RUST_LOG", "stockflow=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let line = wait_for_line(child.stderr.take().expect("stderr"), "websocket lost");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = server.join();
+    assert!(!line.contains("secret-token-value"), "{line}");
+    assert!(line.to_lowercase().contains("tls"), "{line}");
+}

@@ -91,6 +91,14 @@ pub enum IngestError {
         /// The websocket error.
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    /// The server refused the websocket upgrade (Finnhub: missing or invalid token).
+    #[error("{url} refused the connection (HTTP {status}): check FINNHUB_TOKEN")]
+    Rejected {
+        /// The URL, without the token.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
     /// The server sent an error frame.
     #[error("server error: {0}")]
     Server(String),
@@ -308,6 +316,10 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
                 }
                 Err(e) => Session::Lost(e.to_string()),
             },
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status().is_client_error() => {
+                read_error = Some(IngestError::Rejected { url: cfg.url.clone(), status: response.status().as_u16() });
+                break;
+            }
             Err(e) if is_fatal(&e) => {
                 read_error = Some(socket_error(e));
                 break;
