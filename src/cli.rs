@@ -262,6 +262,10 @@ pub struct IngestArgs {
     /// Append every received frame, with its receive time, to this file (JSON lines).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// Interval of the `ingest progress` log event (frames, records, delivered, failures,
+    /// reconnects, queue depth).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stats_every: Duration,
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaArgs,

@@ -183,6 +183,7 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         stale_after: args.stale_after,
         backoff_max: args.backoff_max,
         record: args.record.clone(),
+        stats_every: args.stats_every,
         ..ingest::IngestConfig::new(args.url, symbols, args.kafka.config())
     };
     let rt = runtime()?;

@@ -129,7 +129,7 @@ fn processes_pipeline_through_dev_kafka() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let listen = format!("127.0.0.1:{port}");
     let mut sim = Command::new(env!("CARGO_BIN_EXE_stockflow"))
-        .args(["simulate", "--listen", &listen, "--symbols", "20", "--rate", "0", "--trades", "20000"])
+        .args(["simulate", "--listen", &listen, "--symbols", "20", "--rate", "40000", "--trades", "20000"])
         .env("RUST_LOG", "stockflow=info")
         .stderr(Stdio::piped())
         .spawn()
@@ -137,10 +137,18 @@ fn processes_pipeline_through_dev_kafka() {
     wait_for_line(sim.stderr.take().expect("stderr"), "simulator listening");
 
     let symbols = stockflow::simulate::universe(20).join(",");
-    let ingest =
-        stockflow(&["ingest", "--url", &format!("ws://{listen}"), "--symbols", &symbols, "--brokers", &brokers]);
-    assert!(ingest.status.success(), "ingest: {}", String::from_utf8_lossy(&ingest.stderr));
+    let ingest = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["ingest", "--url", &format!("ws://{listen}"), "--symbols", &symbols, "--brokers", &brokers])
+        .args(["--stats-every", "100ms"])
+        .env("RUST_LOG", "stockflow=info")
+        .output()
+        .expect("ingest");
+    let log = String::from_utf8_lossy(&ingest.stderr);
+    assert!(ingest.status.success(), "ingest: {log}");
     assert!(String::from_utf8_lossy(&ingest.stdout).contains("20000 records, 20000 delivered"));
+    // Paced at 40k/s, the half-second run logs its progress a few times.
+    let progress: Vec<&str> = log.lines().filter(|l| l.contains("ingest progress")).collect();
+    assert!(!progress.is_empty() && progress[0].contains("queue_depth"), "{log}");
 
     let lake = dir.path().join("lake");
     let job = stockflow(&["-w", "2", "--brokers", &brokers, "--drain", "--lake", lake.to_str().expect("utf8")]);

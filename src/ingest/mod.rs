@@ -44,6 +44,8 @@ pub struct IngestConfig {
     pub backoff_max: Duration,
     /// Append every received frame with its receive time to this file (JSON lines).
     pub record: Option<PathBuf>,
+    /// Interval of the `ingest progress` event.
+    pub stats_every: Duration,
     /// Target topic.
     pub kafka: KafkaConfig,
 }
@@ -59,6 +61,7 @@ impl IngestConfig {
             stale_after: Duration::from_secs(30),
             backoff_max: Duration::from_secs(30),
             record: None,
+            stats_every: Duration::from_secs(10),
         }
     }
 }
@@ -123,8 +126,33 @@ pub enum IngestError {
 
 #[derive(Default)]
 struct Counters {
+    frames: AtomicU64,
+    records: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// The `ingest progress` event: what ingest has done so far, logged every `stats_every`
+/// with structured fields (the same counters a metrics endpoint exports).
+struct IngestProgress<'a> {
+    counters: &'a Counters,
+    queue_depth: usize,
+}
+
+impl IngestProgress<'_> {
+    fn emit(&self) {
+        let c = self.counters;
+        tracing::info!(
+            frames = c.frames.load(Ordering::Relaxed),
+            records = c.records.load(Ordering::Relaxed),
+            delivered = c.delivered.load(Ordering::Relaxed),
+            delivery_failures = c.failed.load(Ordering::Relaxed),
+            reconnects = c.reconnects.load(Ordering::Relaxed),
+            queue_depth = self.queue_depth,
+            "ingest progress"
+        );
+    }
 }
 
 struct DeliveryCounter(Arc<Counters>);
@@ -228,7 +256,7 @@ async fn read_frames<S>(
     ws: &mut S,
     to_producer: &mpsc::Sender<Received>,
     stale_after: Duration,
-    frames: &mut u64,
+    counters: &Counters,
 ) -> Session
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -247,7 +275,7 @@ where
                 };
             }
             Ok(Some(Ok(msg @ Message::Text(_)))) => {
-                *frames += 1;
+                counters.frames.fetch_add(1, Ordering::Relaxed);
                 if to_producer.send((now_ms(), msg)).await.is_err() {
                     return Session::ProducerStopped;
                 }
@@ -297,14 +325,29 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     };
     let (frames_tx, frames_rx) = mpsc::channel::<Received>(QUEUE_FRAMES);
     let topic = cfg.kafka.topic.clone();
-    let producing = tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx, recorder));
+    let producer_counters = Arc::clone(&counters);
+    let producing =
+        tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx, recorder, &producer_counters));
 
     // The token travels only in the request URL; messages and logs use `cfg.url`.
     let url = match &cfg.token {
         Some(token) => format!("{}{}token={token}", cfg.url, if cfg.url.contains('?') { '&' } else { '?' }),
         None => cfg.url.clone(),
     };
-    let (mut frames, mut reconnects, mut attempt) = (0u64, 0u64, 0u32);
+    let (mut reconnects, mut attempt) = (0u64, 0u32);
+    // Progress events while running; the task ends with the channel (it holds no sender).
+    let (progress_counters, queue) = (Arc::clone(&counters), frames_tx.downgrade());
+    let every = cfg.stats_every;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(queue) = queue.upgrade() else { break };
+            let queue_depth = queue.max_capacity() - queue.capacity();
+            IngestProgress { counters: &progress_counters, queue_depth }.emit();
+        }
+    });
     let mut read_error = None;
     loop {
         let session = match tokio_tungstenite::connect_async(url.as_str()).await {
@@ -312,7 +355,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
                 Ok(()) => {
                     tracing::info!(url = %cfg.url, symbols = cfg.symbols.len(), reconnects, "subscribed");
                     attempt = 0;
-                    read_frames(&mut ws, &frames_tx, cfg.stale_after, &mut frames).await
+                    read_frames(&mut ws, &frames_tx, cfg.stale_after, &counters).await
                 }
                 Err(e) => Session::Lost(e.to_string()),
             },
@@ -330,6 +373,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
             Session::EndOfStream | Session::ProducerStopped => break,
             Session::Lost(why) => {
                 reconnects += 1;
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff(attempt, cfg.backoff_max);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(url = %cfg.url, reason = %why, retry_in_ms = delay.as_millis() as u64, "websocket lost; reconnecting");
@@ -341,7 +385,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let produced = producing.await.map_err(|e| IngestError::Server(format!("producer thread: {e}")))?;
     let (records, pings) = produced?;
     let stats = IngestStats {
-        frames,
+        frames: counters.frames.load(Ordering::Relaxed),
         records,
         delivered: counters.delivered.load(Ordering::Relaxed),
         failed: counters.failed.load(Ordering::Relaxed),
@@ -364,6 +408,7 @@ fn produce_frames(
     topic: &str,
     mut frames: mpsc::Receiver<Received>,
     mut recorder: Option<Recorder>,
+    counters: &Counters,
 ) -> Result<(u64, u64), IngestError> {
     let (mut records, mut pings) = (0u64, 0u64);
     while let Some((received, Message::Text(text))) = frames.blocking_recv() {
@@ -386,6 +431,7 @@ fn produce_frames(
                 }
             }
             records += 1;
+            counters.records.fetch_add(1, Ordering::Relaxed);
             Ok(())
         };
         match serde_json::from_str::<FrameView<'_>>(text.as_str()) {
