@@ -199,7 +199,7 @@ fn wss_urls_go_through_tls() {
             "--symbols",
             "AAPL",
             "--url",
-            &format!("wss://localhost:{}", addr.port()),
+            &format!("wss://127.0.0.1:{}", addr.port()),
             "--backoff-max",
             "100ms",
         ])
