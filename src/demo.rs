@@ -130,13 +130,13 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         Ok(stats) => stats,
         Err(e) => {
             // Let the job stop at whatever reached Kafka, then report the ingest failure.
-            let _ = stop.set(end_offsets(&kafka, partitions).unwrap_or_default());
+            let _ = stop.set(kafka.end_offsets(partitions).unwrap_or_default());
             let _ = job.join();
             return Err(e).context("ingest");
         }
     };
     let watermarks = kafka.watermarks(partitions)?;
-    let _ = stop.set(watermarks.iter().map(|(p, (_, hi))| (*p, *hi)).collect());
+    let _ = stop.set(crate::kafka::ends(&watermarks));
     let report = job.join().map_err(|_| anyhow::anyhow!("the job thread panicked"))??;
 
     let lake = Lake::open(&args.lake.to_string_lossy())?;
@@ -147,10 +147,6 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     summary.rate = summary.produced as f64 / summary.elapsed.as_secs_f64();
     drop(mock);
     Ok(summary)
-}
-
-fn end_offsets(kafka: &KafkaConfig, partitions: i32) -> anyhow::Result<HashMap<i32, i64>> {
-    Ok(kafka.watermarks(partitions)?.into_iter().map(|(p, (_, hi))| (p, hi)).collect())
 }
 
 /// Reads the lake back and checks that every record of the topic is in `trades` or

@@ -144,10 +144,8 @@ pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, J
     runtime.block_on(lake.check_access())?;
     let partitions = cfg.kafka.partition_count()?;
     if cfg.drain {
-        let ends: HashMap<i32, i64> =
-            cfg.kafka.watermarks(partitions)?.into_iter().map(|(p, (_, hi))| (p, hi)).collect();
         // Ignore a stop already set by the caller: it holds the same kind of end offsets.
-        let _ = stop.set(ends);
+        let _ = stop.set(cfg.kafka.end_offsets(partitions)?);
     }
     tracing::info!(partitions, lake = %cfg.lake, topic = %cfg.kafka.topic, "job starting");
 

@@ -75,6 +75,11 @@ impl KafkaConfig {
         Ok(topic.partitions().len() as i32)
     }
 
+    /// The end offset (next offset to be written) of each partition: where a drain stops.
+    pub fn end_offsets(&self, partitions: i32) -> Result<HashMap<i32, i64>, KafkaSetupError> {
+        Ok(ends(&self.watermarks(partitions)?))
+    }
+
     /// `(low, high)` watermarks of each partition: the first offset still held and the next
     /// offset to be written.
     pub fn watermarks(&self, partitions: i32) -> Result<HashMap<i32, (i64, i64)>, KafkaSetupError> {
@@ -88,6 +93,11 @@ impl KafkaConfig {
             })
             .collect()
     }
+}
+
+/// The high watermark of each partition, from `(low, high)` pairs.
+pub fn ends(watermarks: &HashMap<i32, (i64, i64)>) -> HashMap<i32, i64> {
+    watermarks.iter().map(|(p, (_, hi))| (*p, *hi)).collect()
 }
 
 /// Parses `key=value` (the `-X` flag).

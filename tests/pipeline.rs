@@ -115,7 +115,7 @@ struct Landed {
 }
 
 fn column<'a, T: 'static>(batch: &'a arrow::record_batch::RecordBatch, name: &str) -> &'a T {
-    batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).unwrap_or_else(|| panic!("column {name}"))
+    read::column(batch, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn read_lake(lake: &Lake) -> Landed {

@@ -70,7 +70,7 @@ fn bar(s: &str, start: i64, width: i64, ohlc: [f64; 4], sums: (f64, f64, u64), r
 
 fn expected_rows() -> Vec<(u8, Bar)> {
     let (m, m5) = (M, 5 * M);
-    let mut rows = vec![
+    let rows = vec![
         // 1m, window 0: o0 o1 o2 o3 o5 at revision 0; o7 revises it; o9 is beyond the horizon.
         (0, bar("AAA", T0, m, [10.0, 12.0, 8.0, 8.0], (11.0, 109.0, 5), 0)),
         (0, bar("AAA", T0, m, [10.0, 12.0, 7.0, 8.0], (16.0, 144.0, 6), 1)),
@@ -85,10 +85,7 @@ fn expected_rows() -> Vec<(u8, Bar)> {
         (1, bar("AAA", T0 + 15 * m, m5, [20.0; 4], (1.0, 20.0, 1), 0)),
         (1, bar("BBB", T0, m5, [5.0; 4], (1.0, 5.0, 1), 0)),
     ];
-    rows.sort_by(|a, b| {
-        (a.0, &a.1.symbol, a.1.window_start, a.1.revision).cmp(&(b.0, &b.1.symbol, b.1.window_start, b.1.revision))
-    });
-    rows
+    sorted(rows)
 }
 
 fn sorted(mut rows: Vec<(u8, Bar)>) -> Vec<(u8, Bar)> {

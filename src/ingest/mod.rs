@@ -285,14 +285,9 @@ where
     }
 }
 
-/// Errors no retry can fix: a rejected upgrade (bad token: 401/403) or a malformed URL.
+/// Errors no retry can fix besides a rejected upgrade (handled first): a malformed URL.
 fn is_fatal(e: &tokio_tungstenite::tungstenite::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    match e {
-        Error::Http(response) => response.status().is_client_error(),
-        Error::Url(_) => true,
-        _ => false,
-    }
+    matches!(e, tokio_tungstenite::tungstenite::Error::Url(_))
 }
 
 /// Exponential backoff from 100 ms with jitter (half to all of the step), capped at `max`.

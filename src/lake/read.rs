@@ -37,7 +37,8 @@ pub async fn read_table(lake: &Lake, table: &Table) -> Result<Vec<RecordBatch>, 
     Ok(batches)
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, LakeError> {
+/// Column `name` of `batch` as the Arrow array type `T`.
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, LakeError> {
     batch.column_by_name(name).and_then(|c| c.as_any().downcast_ref::<T>()).ok_or_else(|| {
         LakeError::Arrow(arrow::error::ArrowError::SchemaError(format!("column {name} missing or mistyped")))
     })
