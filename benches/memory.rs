@@ -34,6 +34,10 @@ impl RecordSource for Synthetic {
         vec![self.partition]
     }
 
+    fn start_offset(&self, _p: i32) -> i64 {
+        0
+    }
+
     fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Infallible> {
         for _ in 0..max {
             if self.next == self.end {

@@ -121,7 +121,8 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let stop: StopAt = Arc::default();
     let job_stop = Arc::clone(&stop);
     let handle = runtime.handle().clone();
-    let job = std::thread::spawn(move || job::run(job_cfg, job_stop, handle));
+    let controls = job::Controls { stop: job_stop, ..Default::default() };
+    let job = std::thread::spawn(move || job::run(job_cfg, controls, handle));
 
     let ingest_cfg = IngestConfig::new(url, universe(args.symbols), kafka.clone());
     let ingested = runtime.block_on(ingest::run(ingest_cfg));

@@ -10,10 +10,17 @@ use std::time::{Duration, Instant};
 
 use dataflows::bars::BarsConfig;
 use dataflows::source::{SourceConfig, WatermarkBoard};
-use dataflows::{TimeConfig, build_pipeline};
+use dataflows::{Time, TimeConfig, build_pipeline};
 use timely::{CommunicationConfig, WorkerConfig};
 use tokio::runtime::Handle;
 
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::commit::{
+    AfterCommit, CommitError, CommitQueue, CommitRecord, CommitterConfig, Recovery, Settings, committer, read_newest,
+    recover,
+};
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
 use crate::lake::{Lake, LakeError, LakeOptions};
@@ -119,6 +126,9 @@ pub enum JobError {
     /// Writing the lake failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// Committing or recovering failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
     /// Timely could not start or a worker died.
     #[error("dataflow: {0}")]
     Dataflow(String),
@@ -127,32 +137,95 @@ pub enum JobError {
     Aborted,
 }
 
+impl JobConfig {
+    /// The settings a lake's commits are tied to.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            topic: self.kafka.topic.clone(),
+            window_ms: self.time.window_ms,
+            lateness_ms: self.time.lateness_ms,
+            bar_widths_ms: self.bars.widths.clone(),
+            horizon_ms: self.bars.horizon_ms,
+            commit_interval_ms: self.sink.commit_interval_ms,
+        }
+    }
+}
+
+/// How a running job is told to stop.
+#[derive(Clone, Debug, Default)]
+pub struct Controls {
+    /// End offsets at which the sources stop (end of input: every window closes).
+    pub stop: StopAt,
+    /// Graceful stop (SIGTERM): read nothing more, commit what is complete, exit.
+    pub pause: Arc<AtomicBool>,
+}
+
 /// What the job did.
 #[derive(Clone, Debug, Default)]
 pub struct JobReport {
     /// Files, bytes and rows written by this process's workers.
     pub written: WriteStats,
-    /// Wall time from start to the last upload.
+    /// The commit point the job recovered from (0: a new lake).
+    pub recovered: Time,
+    /// Commits written by this process.
+    pub commits: u64,
+    /// The last commit point written, if any.
+    pub last_commit: Option<Time>,
+    /// Wall time from start to the last commit.
     pub elapsed: Duration,
 }
 
-/// Runs the job until the source is done (`--drain` or `stop`) and everything is written.
-pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, JobError> {
+/// Runs the job until the source is done (`--drain` or `stop`) or paused, and everything
+/// complete is committed.
+pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobReport, JobError> {
     let started = Instant::now();
     let timely_config = cfg.cluster.timely()?;
     let lake = Lake::open_with(&cfg.lake, &cfg.lake_options)?;
     runtime.block_on(lake.check_access())?;
     let partitions = cfg.kafka.partition_count()?;
+    let watermarks = cfg.kafka.watermarks(partitions)?;
+    // Process 0 recovers (finishes moves, clears staging); the others only read the newest
+    // record, which recovery does not change. No worker writes before all processes connect.
+    let recovery = if cfg.cluster.process == 0 {
+        runtime.block_on(recover(&lake, &cfg.settings()))?
+    } else {
+        runtime.block_on(read_newest(&lake, &cfg.settings()))?
+    };
+    let mut starts = recovery.starts();
+    for (p, (low, _)) in &watermarks {
+        starts.entry(*p).or_insert(*low);
+    }
+    let stop = controls.stop.clone();
     if cfg.drain {
         // Ignore a stop already set by the caller: it holds the same kind of end offsets.
-        let _ = stop.set(cfg.kafka.end_offsets(partitions)?);
+        let _ = stop.set(crate::kafka::ends(&watermarks));
     }
-    tracing::info!(partitions, lake = %cfg.lake, topic = %cfg.kafka.topic, "job starting");
+    let run_id = format!("{:08x}", fastrand::u32(..));
+    tracing::info!(
+        partitions,
+        lake = %cfg.lake,
+        topic = %cfg.kafka.topic,
+        recovered = recovery.committed(),
+        run = %run_id,
+        "job starting"
+    );
 
     let abort = Arc::new(AtomicBool::new(false));
     let board = Arc::new(WatermarkBoard::default());
+    let recovered = recovery.committed();
+    let pause = Arc::clone(&controls.pause);
     let guards = timely::execute(timely_config, move |worker| {
-        let shared = Shared { lake: &lake, stop: &stop, runtime: &runtime, abort: &abort, board: &board };
+        let shared = Shared {
+            lake: &lake,
+            stop: &stop,
+            runtime: &runtime,
+            abort: &abort,
+            board: &board,
+            recovery: &recovery,
+            starts: &starts,
+            pause: &pause,
+            run: &run_id,
+        };
         let result = run_worker(worker, &cfg, partitions, shared);
         if result.is_err() {
             abort.store(true, Ordering::SeqCst);
@@ -161,11 +234,15 @@ pub fn run(cfg: JobConfig, stop: StopAt, runtime: Handle) -> Result<JobReport, J
     })
     .map_err(JobError::Dataflow)?;
 
-    let mut report = JobReport::default();
+    let mut report = JobReport { recovered, ..Default::default() };
     let mut first_error = None;
     for result in guards.join() {
         match result {
-            Ok(Ok(stats)) => report.written.merge(&stats),
+            Ok(Ok(done)) => {
+                report.written.merge(&done.written);
+                report.commits += done.commits;
+                report.last_commit = report.last_commit.max(done.last_commit);
+            }
             Ok(Err(JobError::Aborted)) => {}
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
@@ -189,6 +266,39 @@ struct Shared<'a> {
     runtime: &'a Handle,
     abort: &'a AtomicBool,
     board: &'a Arc<WatermarkBoard>,
+    recovery: &'a Recovery,
+    starts: &'a HashMap<i32, i64>,
+    pause: &'a Arc<AtomicBool>,
+    run: &'a str,
+}
+
+/// What one worker did.
+struct WorkerReport {
+    written: WriteStats,
+    commits: u64,
+    last_commit: Option<Time>,
+}
+
+/// Commits the Kafka offsets of each commit's resume positions, for lag monitoring only:
+/// where the job restarts is decided by the commit records, never by these.
+fn offset_committer(cfg: &KafkaConfig) -> Option<AfterCommit> {
+    let consumer: BaseConsumer = cfg
+        .client_config()
+        .set("group.id", "stockflow")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| tracing::warn!(error = %e, "no consumer for offset commits; lag monitoring is off"))
+        .ok()?;
+    let topic = cfg.topic.clone();
+    Some(Box::new(move |record: &CommitRecord| {
+        let mut tpl = TopicPartitionList::new();
+        for (p, pos) in &record.partitions {
+            let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(pos.resume));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing Kafka offsets failed (lag monitoring only)");
+        }
+    }))
 }
 
 fn run_worker(
@@ -196,20 +306,34 @@ fn run_worker(
     cfg: &JobConfig,
     partitions: i32,
     shared: Shared<'_>,
-) -> Result<WriteStats, JobError> {
-    let Shared { lake, stop, runtime, abort, board } = shared;
+) -> Result<WorkerReport, JobError> {
+    let Shared { lake, stop, runtime, abort, board, recovery, starts, pause, run } = shared;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, &HashMap::new(), Arc::clone(stop))?;
-    let writer = Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, runtime.clone(), &cfg.sink)));
+    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, starts, Arc::clone(stop))?;
+    let writer = Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, run, runtime.clone(), &cfg.sink)));
+    let queue =
+        (index == 0).then(|| Rc::new(CommitQueue::start(lake.clone(), runtime.clone(), offset_committer(&cfg.kafka))));
+    let committed = recovery.committed();
     let (source_error, sink_error) = worker.dataflow(|scope| {
         let source_cfg = SourceConfig {
             time: cfg.time,
             idle_timeout: cfg.idle_timeout,
             board: Some(Arc::clone(board)),
+            clocks: recovery.clocks(),
+            resume: recovery.resume(),
+            pause: Some(Arc::clone(pause)),
             ..Default::default()
         };
         let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
-        let sink_error = lake_sink(out.trades, out.quarantine, out.bars, Rc::clone(&writer), &cfg.sink);
+        let (sink_error, staged) =
+            lake_sink(out.trades, out.quarantine, out.bars, Rc::clone(&writer), &cfg.sink, committed);
+        let committer_cfg = CommitterConfig {
+            interval_ms: cfg.sink.commit_interval_ms,
+            partitions,
+            after: committed,
+            template: CommitRecord::template(cfg.settings()),
+        };
+        committer(out.crossings, staged, committer_cfg, queue.clone());
         (out.error, sink_error)
     });
     // Drive the dataflow until it completes; wake-ups come from Kafka's callback, timers and
@@ -221,6 +345,9 @@ fn run_worker(
         if let Some(e) = sink_error.borrow_mut().take() {
             return Err(e.into());
         }
+        if let Some(e) = queue.as_ref().and_then(|q| q.take_error()) {
+            return Err(e.into());
+        }
         if abort.load(Ordering::SeqCst) {
             return Err(JobError::Aborted);
         }
@@ -228,6 +355,10 @@ fn run_worker(
     if let Some(e) = sink_error.borrow_mut().take() {
         return Err(e.into());
     }
-    let stats = writer.borrow_mut().finish()?;
-    Ok(stats)
+    let written = writer.borrow_mut().finish()?;
+    let (commits, last_commit) = match &queue {
+        Some(queue) => queue.finish()?,
+        None => (0, None),
+    };
+    Ok(WorkerReport { written, commits, last_commit })
 }

@@ -2,6 +2,7 @@
 //! sink and the demo, wired around the pure compute of the `dataflows` crate.
 
 pub mod cli;
+pub mod commit;
 pub mod demo;
 pub mod ingest;
 pub mod job;

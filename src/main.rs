@@ -71,13 +71,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn run_job(args: JobArgs) -> anyhow::Result<()> {
     let cfg = args.config().map_err(anyhow::Error::msg)?;
     let rt = runtime()?;
-    let report = job::run(cfg, Arc::default(), rt.handle().clone())?;
+    let controls = job::Controls::default();
+    let pause = Arc::clone(&controls.pause);
+    rt.spawn(async move {
+        // The first SIGTERM/SIGINT stops reading and commits what is complete; a second one
+        // exits at once (the next start recovers from the last commit either way).
+        if shutdown_signal().await.is_ok() {
+            tracing::info!("stopping: committing what is complete (signal again to exit now)");
+            pause.store(true, std::sync::atomic::Ordering::SeqCst);
+            if shutdown_signal().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    let report = job::run(cfg, controls, rt.handle().clone())?;
     let rows: Vec<String> = report.written.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
+    let last = match report.last_commit {
+        Some(u64::MAX) => "final".to_owned(),
+        Some(t) => t.to_string(),
+        None => "none".to_owned(),
+    };
     println!(
-        "stockflow job done: {} files, {} bytes, rows {} in {:.1}s",
+        "stockflow job done: {} files, {} bytes, rows {}; {} commits (last {last}, recovered from {}) in {:.1}s",
         report.written.files,
         report.written.bytes,
         rows.join(" "),
+        report.commits,
+        report.recovered,
         report.elapsed.as_secs_f64()
     );
     Ok(())

@@ -6,10 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{BooleanArray, Int32Array, Int64Array, StringArray};
 use dataflows::TimeConfig;
 use dataflows::bars::BarsConfig;
 use dataflows::memlog::{MemLog, MemRecord};
@@ -21,10 +19,13 @@ use rdkafka::{Offset, TopicPartitionList};
 use stockflow::ingest::{self, IngestConfig};
 use stockflow::job::{self, ClusterConfig, JobConfig};
 use stockflow::kafka::KafkaConfig;
+use stockflow::lake::Lake;
 use stockflow::lake::writer::WriterConfig;
-use stockflow::lake::{Lake, Table, read};
 use stockflow::simulate::{MarketConfig, SimulateConfig, serve, universe};
 use stockflow::sink::SinkConfig;
+
+mod common;
+use common::{Landed, read_lake};
 
 /// Every record of the topic, per partition in offset order, as the job will see it.
 fn read_topic(kafka: &KafkaConfig, partitions: i32) -> MemLog {
@@ -106,50 +107,11 @@ fn fixture(seed: u64, records: u64, partitions: i32) -> Fixture {
     Fixture { rt, mock, kafka, log }
 }
 
-struct Landed {
-    trades: BTreeMap<(i32, i64), bool>,
-    quarantine: BTreeMap<(i32, i64), String>,
-    /// Bar rows of every width table, tagged with the width index.
-    bars: Vec<(u8, dataflows::Bar)>,
-    duplicates: usize,
-}
-
-fn column<'a, T: 'static>(batch: &'a arrow::record_batch::RecordBatch, name: &str) -> &'a T {
-    read::column(batch, name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn read_lake(lake: &Lake) -> Landed {
-    let mut landed = Landed { trades: BTreeMap::new(), quarantine: BTreeMap::new(), bars: Vec::new(), duplicates: 0 };
-    for batch in read::read_table(lake, &Table::Trades).await.expect("trades") {
-        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
-        let late = column::<BooleanArray>(&batch, "late");
-        for i in 0..batch.num_rows() {
-            if landed.trades.insert((p.value(i), o.value(i)), late.value(i)).is_some() {
-                landed.duplicates += 1;
-            }
-        }
-    }
-    for batch in read::read_table(lake, &Table::Quarantine).await.expect("quarantine") {
-        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
-        let r = column::<StringArray>(&batch, "reason");
-        for i in 0..batch.num_rows() {
-            if landed.quarantine.insert((p.value(i), o.value(i)), r.value(i).to_owned()).is_some() {
-                landed.duplicates += 1;
-            }
-        }
-    }
-    for (i, width) in WIDTHS.iter().enumerate() {
-        let rows = read::bars(&read::read_table(lake, &Table::Bars(*width)).await.expect("bars")).expect("bar rows");
-        landed.bars.extend(rows.into_iter().map(|b| (i as u8, b)));
-    }
-    landed
-}
-
 /// Checks a lake against the reference of the fixture's log.
 fn check_lake(f: &Fixture, dir: &Path) -> Landed {
     let want = expected(&f.log, TimeConfig::default(), &bars_config());
     let lake = Lake::open(&dir.to_string_lossy()).expect("lake");
-    let landed = f.rt.block_on(read_lake(&lake));
+    let landed = f.rt.block_on(read_lake(&lake, &WIDTHS));
     assert_eq!(landed.duplicates, 0, "records landed twice");
     assert_eq!(landed.trades, want.trades, "trades (and late flags) differ from the log");
     let reasons: BTreeMap<_, _> = want.quarantine.iter().map(|(k, r)| (*k, r.as_str().to_owned())).collect();
@@ -179,7 +141,7 @@ fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
         cluster: ClusterConfig::local(workers),
         drain: true,
     };
-    let report = job::run(cfg, Arc::default(), f.rt.handle().clone()).expect("job");
+    let report = job::run(cfg, job::Controls::default(), f.rt.handle().clone()).expect("job");
     assert!(report.written.files > 0);
     let landed = check_lake(&f, dir.path());
     assert!(landed.bars.iter().any(|(_, b)| b.revision > 0), "late trades within the horizon revise bars");

@@ -8,6 +8,7 @@ pub mod clean;
 pub mod memlog;
 pub mod pipeline;
 pub mod reference;
+pub mod resume;
 pub mod source;
 pub mod time;
 pub mod trade;

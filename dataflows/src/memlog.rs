@@ -52,6 +52,16 @@ impl MemSource {
         MemSource { log, cursors, chunk: chunk.max(1), open: None }
     }
 
+    /// Starts partition `p` at `start[p]` instead of offset 0.
+    pub fn starting_at(mut self, start: &std::collections::HashMap<i32, i64>) -> Self {
+        for (p, next) in self.cursors.iter_mut() {
+            if let Some(&o) = start.get(&(*p as i32)) {
+                *next = (o.max(0) as usize).min(self.log.partitions[*p].len());
+            }
+        }
+        self
+    }
+
     /// Keeps the source open (idle once the log is read) until `open` is cleared.
     pub fn held_open(mut self, open: Arc<AtomicBool>) -> Self {
         self.open = Some(open);
@@ -64,6 +74,10 @@ impl RecordSource for MemSource {
 
     fn partitions(&self) -> Vec<i32> {
         self.cursors.iter().map(|&(p, _)| p as i32).collect()
+    }
+
+    fn start_offset(&self, p: i32) -> i64 {
+        self.cursors.iter().find(|(q, _)| *q as i32 == p).map_or(0, |(_, next)| *next as i64)
     }
 
     fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Infallible> {
@@ -103,10 +117,15 @@ pub struct Collected {
     pub bars: Vec<(u8, crate::Bar)>,
     /// The timely time each bar row left at: `(time, width, symbol, window_start, revision)`.
     pub bar_times: Vec<(crate::Time, u8, String, i64, u32)>,
+    /// The timely time each trade or quarantined record left at: `(time, partition, offset)`.
+    pub record_times: Vec<(crate::Time, i32, i64)>,
+    /// Every source's crossings.
+    pub crossings: Vec<crate::resume::Crossing>,
 }
 
 /// Runs the pipeline over `log` on `workers` threads and gathers its outputs; the way tests
-/// and benchmarks run the dataflow without a broker.
+/// and benchmarks run the dataflow without a broker. With `cfg.resume` set, each partition
+/// is read from its replay offset.
 pub fn run_memlog(
     log: Arc<MemLog>,
     workers: usize,
@@ -119,21 +138,34 @@ pub fn run_memlog(
 
     let out = Arc::new(Mutex::new(Collected::default()));
     let shared = Arc::clone(&out);
+    let start: std::collections::HashMap<i32, i64> =
+        cfg.resume.iter().flat_map(|r| r.partitions.iter().map(|(p, pos)| (*p, pos.replay))).collect();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let source = MemSource::new(Arc::clone(&log), index, peers, chunk);
-        let (t, q, b) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
+        let source = MemSource::new(Arc::clone(&log), index, peers, chunk).starting_at(&start);
+        let (t, q, b, x) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
         let probe =
             worker.dataflow(|scope| {
                 let out = crate::build_pipeline(scope, source, cfg.clone(), bars.clone());
                 out.trades.inspect_core(move |c| {
-                    if let Ok((_, batch)) = c {
-                        t.lock().unwrap_or_else(|e| e.into_inner()).trades.extend_from_slice(batch);
+                    if let Ok((stamp, batch)) = c {
+                        let time = stamp.least().copied().unwrap_or_default();
+                        let mut out = t.lock().unwrap_or_else(|e| e.into_inner());
+                        out.trades.extend_from_slice(batch);
+                        out.record_times.extend(batch.iter().map(|r| (time, r.partition, r.offset)));
                     }
                 });
                 out.quarantine.inspect_core(move |c| {
+                    if let Ok((stamp, batch)) = c {
+                        let time = stamp.least().copied().unwrap_or_default();
+                        let mut out = q.lock().unwrap_or_else(|e| e.into_inner());
+                        out.quarantine.extend_from_slice(batch);
+                        out.record_times.extend(batch.iter().map(|r| (time, r.partition, r.offset)));
+                    }
+                });
+                out.crossings.inspect_core(move |c| {
                     if let Ok((_, batch)) = c {
-                        q.lock().unwrap_or_else(|e| e.into_inner()).quarantine.extend_from_slice(batch);
+                        x.lock().unwrap_or_else(|e| e.into_inner()).crossings.extend_from_slice(batch);
                     }
                 });
                 let (probe, _) =

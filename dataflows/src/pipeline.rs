@@ -6,6 +6,7 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::Time;
 use crate::bars::{Bar, BarsConfig, bars};
+use crate::resume::Crossing;
 use crate::source::{ErrorSlot, RecordSource, SourceConfig, log_source};
 use crate::trade::{Quarantined, Trade};
 
@@ -17,6 +18,8 @@ pub struct Outputs<'scope, E> {
     pub quarantine: StreamVec<'scope, Time, Quarantined>,
     /// Bar rows (every revision) tagged with the index of their width in `BarsConfig::widths`.
     pub bars: StreamVec<'scope, Time, (u8, Bar)>,
+    /// Each worker's source positions as its frontier moves (for commit records).
+    pub crossings: StreamVec<'scope, Time, Crossing>,
     /// Source failure, if any.
     pub error: ErrorSlot<E>,
 }
@@ -29,7 +32,13 @@ pub fn build_pipeline<'scope, S: RecordSource>(
     bars_cfg: BarsConfig,
 ) -> Outputs<'scope, S::Error> {
     let downstream = ProbeHandle::new();
-    let streams = log_source(scope, source, cfg, downstream.clone());
+    let streams = log_source(scope, source, cfg, &bars_cfg, downstream.clone());
     let bars = bars(streams.ticks, bars_cfg).probe_with(&downstream);
-    Outputs { trades: streams.trades, quarantine: streams.quarantine, bars, error: streams.error }
+    Outputs {
+        trades: streams.trades,
+        quarantine: streams.quarantine,
+        bars,
+        crossings: streams.crossings,
+        error: streams.error,
+    }
 }

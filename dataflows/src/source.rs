@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,9 @@ use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::Time;
-use crate::bars::Tick;
+use crate::bars::{BarsConfig, Tick};
 use crate::clean::{clean, quarantine_payload};
+use crate::resume::{Crossing, Resume, Tracker, expiry};
 use crate::time::{PartitionClock, TimeConfig};
 use crate::trade::{Quarantined, Trade};
 
@@ -59,6 +61,9 @@ pub trait RecordSource: 'static {
     /// Delivers up to `max` records, in offset order within each partition, to `each`.
     fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Self::Error>;
 
+    /// The offset the first record of partition `p` will have (where reading starts).
+    fn start_offset(&self, p: i32) -> i64;
+
     /// Installs a callback the source calls when records arrive after it reported `Idle`.
     fn set_waker(&mut self, _waker: Box<dyn Fn() + Send + Sync>) {}
 }
@@ -79,6 +84,12 @@ pub struct SourceConfig {
     /// Where the sources of one process share their watermarks, so a worker whose partitions
     /// are all idle can follow the others instead of holding every window open.
     pub board: Option<Arc<WatermarkBoard>>,
+    /// A restart from a commit: `clocks` then hold each partition's clock at its replay
+    /// offset, which is where the record source must start.
+    pub resume: Option<Resume>,
+    /// Once set, the source reads nothing more and releases its frontier without marking
+    /// the end of the log (a graceful stop: what is complete gets committed, nothing more).
+    pub pause: Option<Arc<AtomicBool>>,
 }
 
 /// The watermarks of the workers of one process, for workers whose partitions are all idle.
@@ -110,6 +121,8 @@ impl Default for SourceConfig {
             clocks: HashMap::new(),
             idle_timeout: None,
             board: None,
+            resume: None,
+            pause: None,
         }
     }
 }
@@ -125,6 +138,8 @@ pub struct SourceStreams<'scope, E> {
     pub quarantine: StreamVec<'scope, Time, Quarantined>,
     /// The bar inputs of every valid trade, with the watermark it arrived at.
     pub ticks: StreamVec<'scope, Time, Tick>,
+    /// The source's positions each time its frontier moves, at the time it moved from.
+    pub crossings: StreamVec<'scope, Time, Crossing>,
     /// Filled when the source fails; the capability is then held so nothing incomplete is emitted.
     pub error: ErrorSlot<E>,
 }
@@ -135,10 +150,14 @@ pub struct SourceStreams<'scope, E> {
 /// pipeline has not finished the times before the source's own frontier. Timely has no
 /// backpressure of its own, and without this a worker that reads faster than its peers
 /// process their share fills the exchange channels without bound.
+///
+/// Records already committed before a restart (`cfg.resume`) rebuild bar state through
+/// `ticks` but are not emitted again as trades or quarantine.
 pub fn log_source<'scope, S: RecordSource>(
     scope: Scope<'scope, Time>,
     mut source: S,
     cfg: SourceConfig,
+    bars: &BarsConfig,
     downstream: ProbeHandle<Time>,
 ) -> SourceStreams<'scope, S::Error> {
     let mut builder = OperatorBuilder::new("LogSource".to_owned(), scope);
@@ -151,6 +170,10 @@ pub fn log_source<'scope, S: RecordSource>(
     let mut quarantine_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Quarantined>>> =
         OutputBuilder::from(quarantine_out);
     let mut ticks_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Tick>>> = OutputBuilder::from(ticks_out);
+    let (crossings_out, crossings) = builder.new_output();
+    let mut crossings_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Crossing>>> =
+        OutputBuilder::from(crossings_out);
+    let bars = bars.clone();
 
     let error: ErrorSlot<S::Error> = Rc::new(RefCell::new(None));
     let error_out = Rc::clone(&error);
@@ -162,10 +185,25 @@ pub fn log_source<'scope, S: RecordSource>(
     }));
 
     builder.build(move |caps| {
-        let mut caps: Option<[Capability<Time>; 3]> = caps.try_into().ok();
+        let mut caps: Option<[Capability<Time>; 4]> = caps.try_into().ok();
         let time_cfg = cfg.time;
-        let mut clocks: HashMap<i32, PartitionClock> =
-            source.partitions().into_iter().map(|p| (p, cfg.clocks.get(&p).copied().unwrap_or_default())).collect();
+        let commit = cfg.resume.as_ref().map_or(0, |r| r.commit);
+        let mut clocks: HashMap<i32, PartitionClock> = HashMap::new();
+        let mut trackers: HashMap<i32, Tracker> = HashMap::new();
+        for p in source.partitions() {
+            let clock = cfg.clocks.get(&p).copied().unwrap_or_default();
+            let restart = cfg.resume.as_ref().map(|r| (r.partitions.get(&p), r.commit));
+            let (tracker, mut clock) = match restart {
+                Some((Some(position), commit)) => Tracker::new(source.start_offset(p), Some((position, commit)), clock),
+                _ => Tracker::new(source.start_offset(p), None, clock),
+            };
+            if let Some((None, commit)) = restart {
+                // A partition created after the commit: all of it is new.
+                clock.raise_floor(commit);
+            }
+            clocks.insert(p, clock);
+            trackers.insert(p, tracker);
+        }
         let mut trade_batches: BTreeMap<Time, Vec<Trade>> = BTreeMap::new();
         let mut quarantine_batches: BTreeMap<Time, Vec<Quarantined>> = BTreeMap::new();
         let mut tick_batches: BTreeMap<Time, Vec<Tick>> = BTreeMap::new();
@@ -182,7 +220,10 @@ pub fn log_source<'scope, S: RecordSource>(
         }
 
         move |_frontiers| {
-            let Some([trades_cap, quarantine_cap, ticks_cap]) = caps.as_mut() else {
+            if cfg.pause.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
+                caps = None;
+            }
+            let Some([trades_cap, quarantine_cap, ticks_cap, crossings_cap]) = caps.as_mut() else {
                 return;
             };
             if error_out.borrow().is_some() {
@@ -199,11 +240,18 @@ pub fn log_source<'scope, S: RecordSource>(
                     delivered.push(rec.partition);
                 }
                 let clock = clocks.entry(rec.partition).or_default();
+                let tracker = trackers.entry(rec.partition).or_default();
+                let before = *clock;
+                tracker.before(rec.offset, clock, &time_cfg, floor);
                 match clean(rec.payload) {
                     Ok(c) => {
                         let watermark = clock.watermark(&time_cfg);
                         let placed = clock.place(&time_cfg, c.ts);
+                        tracker.trade(rec.offset, expiry(&bars, c.ts), before);
+                        // Never below the capability (a guard; raises keep records above it).
                         let time = placed.time.max(floor);
+                        let committed = tracker.committed(time, commit);
+                        tracker.after(rec.offset, clock, commit);
                         let trade = Trade {
                             symbol: c.symbol,
                             price: c.price,
@@ -216,10 +264,17 @@ pub fn log_source<'scope, S: RecordSource>(
                             late: placed.late,
                         };
                         tick_batches.entry(time).or_default().push(Tick::new(&trade, watermark));
-                        trade_batches.entry(time).or_default().push(trade);
+                        if !committed {
+                            trade_batches.entry(time).or_default().push(trade);
+                        }
                     }
                     Err(reason) => {
                         let time = clock.frontier(&time_cfg).max(floor);
+                        let committed = tracker.committed(time, commit);
+                        tracker.after(rec.offset, clock, commit);
+                        if committed {
+                            return;
+                        }
                         quarantine_batches.entry(time).or_default().push(Quarantined {
                             reason,
                             payload: quarantine_payload(rec.payload),
@@ -250,14 +305,23 @@ pub fn log_source<'scope, S: RecordSource>(
                     // Keep the capabilities: windows must not close on a log we failed to read.
                     *error_out.borrow_mut() = Some(e);
                 }
-                Ok(SourcePoll::Done) => caps = None,
+                Ok(SourcePoll::Done) => {
+                    let partitions = trackers.iter_mut().map(|(p, t)| t.mark(*p, clocks[p], None)).collect();
+                    let crossing = Crossing { from: floor, to: None, partitions };
+                    crossings_out.activate().session(&*crossings_cap).give(crossing);
+                    caps = None;
+                }
                 Ok(poll) => {
                     let now = Instant::now();
                     for p in delivered.drain(..) {
                         last_record.insert(p, now);
                     }
-                    let idle =
-                        |p: &i32| cfg.idle_timeout.is_some_and(|t| last_record.get(p).is_some_and(|at| now - *at >= t));
+                    // A partition replaying committed records is never idle: its records are
+                    // there to read, and it must not be overtaken.
+                    let idle = |p: &i32| {
+                        cfg.idle_timeout.is_some_and(|t| last_record.get(p).is_some_and(|at| now - *at >= t))
+                            && !trackers.get(p).is_some_and(Tracker::replaying)
+                    };
                     let frontier = |c: &PartitionClock| c.frontier(&time_cfg);
                     // The least watermark of the partitions still speaking. When all of this
                     // worker's partitions are silent it follows the other workers of the
@@ -279,7 +343,12 @@ pub fn log_source<'scope, S: RecordSource>(
                         });
                         board.publish(worker, known);
                     }
-                    for cap in [trades_cap, quarantine_cap, ticks_cap] {
+                    if low > floor {
+                        let partitions = trackers.iter_mut().map(|(p, t)| t.mark(*p, clocks[p], Some(low))).collect();
+                        let crossing = Crossing { from: floor, to: Some(low), partitions };
+                        crossings_out.activate().session(&*crossings_cap).give(crossing);
+                    }
+                    for cap in [trades_cap, quarantine_cap, ticks_cap, crossings_cap] {
                         cap.downgrade(&low);
                     }
                     match poll {
@@ -292,5 +361,5 @@ pub fn log_source<'scope, S: RecordSource>(
         }
     });
 
-    SourceStreams { trades, quarantine, ticks, error }
+    SourceStreams { trades, quarantine, ticks, crossings, error }
 }

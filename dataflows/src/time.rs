@@ -55,6 +55,11 @@ impl TimeConfig {
 pub struct PartitionClock {
     /// Largest event time of a valid trade seen so far, if any.
     max_event: Option<i64>,
+    /// Least timely time of the partition's records from now on, beyond its watermark: raised
+    /// when the worker's frontier moved past an idle partition, and at a restart's resume
+    /// offset. Raises are logged with their offsets, so a replay places records identically.
+    #[serde(default)]
+    floor: Time,
 }
 
 /// How the clock placed one valid trade.
@@ -69,12 +74,18 @@ pub struct Placement {
 impl PartitionClock {
     /// A clock that has seen nothing: its watermark is minus infinity.
     pub const fn new() -> Self {
-        PartitionClock { max_event: None }
+        PartitionClock { max_event: None, floor: 0 }
     }
 
     /// A clock resumed at a known watermark (from a commit record).
     pub fn with_watermark(cfg: &TimeConfig, watermark: Option<i64>) -> Self {
-        PartitionClock { max_event: watermark.map(|pw| pw + cfg.lateness_ms as i64) }
+        PartitionClock { max_event: watermark.map(|pw| pw + cfg.lateness_ms as i64), floor: 0 }
+    }
+
+    /// Raises the least time of the partition's records to `floor` (never lowers it).
+    #[inline]
+    pub fn raise_floor(&mut self, floor: Time) {
+        self.floor = self.floor.max(floor);
     }
 
     /// `pw`: largest event time seen minus the lateness, `None` while nothing was seen.
@@ -83,10 +94,11 @@ impl PartitionClock {
         self.max_event.map(|m| m - cfg.lateness_ms as i64)
     }
 
-    /// The least timely time this partition can still produce: `floor_W(pw)`.
+    /// The least timely time this partition can still produce: `floor_W(pw)`, or its raised
+    /// floor.
     #[inline]
     pub fn frontier(&self, cfg: &TimeConfig) -> Time {
-        cfg.floor_time(self.watermark(cfg))
+        cfg.floor_time(self.watermark(cfg)).max(self.floor)
     }
 
     /// Places a valid trade with event time `ts` (using the watermark *before* it), then
@@ -95,7 +107,7 @@ impl PartitionClock {
     pub fn place(&mut self, cfg: &TimeConfig, ts: i64) -> Placement {
         let pw = self.watermark(cfg);
         let late = pw.is_some_and(|pw| cfg.window_end(ts) <= pw);
-        let time = (cfg.window_start(ts).max(0) as Time).max(cfg.floor_time(pw));
+        let time = (cfg.window_start(ts).max(0) as Time).max(cfg.floor_time(pw)).max(self.floor);
         self.max_event = Some(self.max_event.map_or(ts, |m| m.max(ts)));
         Placement { time, late }
     }
@@ -153,6 +165,18 @@ mod tests {
         clock.place(&cfg, 20 * MIN);
         clock.place(&cfg, 19 * MIN);
         assert_eq!(clock.watermark(&cfg), Some(20 * MIN - 5_000));
+    }
+
+    #[test]
+    fn a_raised_floor_delays_records_but_not_lateness() {
+        let cfg = TimeConfig::default();
+        let mut clock = PartitionClock::new();
+        clock.place(&cfg, 10 * MIN);
+        clock.raise_floor((30 * MIN) as Time);
+        clock.raise_floor((20 * MIN) as Time);
+        assert_eq!(clock.frontier(&cfg), (30 * MIN) as Time);
+        let p = clock.place(&cfg, 12 * MIN);
+        assert_eq!(p, Placement { time: (30 * MIN) as Time, late: false });
     }
 
     #[test]

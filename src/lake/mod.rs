@@ -139,12 +139,27 @@ impl Lake {
     pub fn table_path(&self, table: &Table) -> Path {
         self.prefix.clone().join(table.name())
     }
+
+    /// The store path of `relative` (slash-separated, relative to the lake's prefix).
+    pub fn path(&self, relative: &str) -> Path {
+        let full =
+            if self.prefix.as_ref().is_empty() { relative.to_owned() } else { format!("{}/{relative}", self.prefix) };
+        // Our own names only ever hold characters a path allows; encode anything else.
+        Path::parse(&full).unwrap_or_else(|_| Path::from(full.as_str()))
+    }
 }
 
 /// The first line of a message, for one-line errors.
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
+
+/// The lake's own bookkeeping (not a table): commit records and staged files.
+pub const META: &str = "_stockflow";
+/// Files written but not yet committed, per run.
+pub const STAGING: &str = "_stockflow/staging";
+/// One record per commit, `<commit point>.json`.
+pub const COMMITS: &str = "_stockflow/commits";
 
 /// Milliseconds in an hour: the lake's partition grain.
 pub const HOUR_MS: i64 = 3_600_000;

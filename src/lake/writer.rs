@@ -1,14 +1,15 @@
-//! Writing a worker's rows as Parquet files: one open file per (table, hour partition), rolled
-//! by rows, encoded in the worker and uploaded in the background so compute and IO overlap.
+//! Writing a worker's rows as Parquet files: one open file per (table, commit epoch, hour
+//! partition), rolled by rows, encoded in the worker and uploaded to the lake's staging area
+//! in the background so compute and IO overlap.
 //!
 //! A file only ever appears complete: it is encoded in memory and stored with a single put
-//! (an atomic rename on a local folder, a single-object PUT on S3).
+//! (an atomic rename on a local folder, a single-object PUT on S3). It reaches its table's
+//! folder only when a commit record names it (see `crate::commit`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -16,8 +17,11 @@ use parquet::file::properties::WriterProperties;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use dataflows::Time;
+use serde::{Deserialize, Serialize};
+
 use super::encode::Columns;
-use super::{Lake, LakeError, Table, partition_path};
+use super::{Lake, LakeError, STAGING, Table, partition_path};
 
 /// File sizing and upload concurrency.
 #[derive(Clone, Debug)]
@@ -69,6 +73,23 @@ fn properties() -> WriterProperties {
         .build()
 }
 
+/// A file stored in the staging area, waiting for the commit that moves it into its table.
+/// Paths are relative to the lake's prefix, so a lake can be copied elsewhere whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    /// The commit point whose output the file holds: its rows have times in
+    /// `[epoch - interval, epoch)`.
+    pub epoch: Time,
+    /// Where the file is staged.
+    pub staged: String,
+    /// Where the commit puts it: `<table>/dt=../hour=../<name>`.
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
 /// Where and under which name a worker's files go.
 #[derive(Clone, Debug)]
 pub struct FileNamer {
@@ -76,21 +97,30 @@ pub struct FileNamer {
     pub lake: Lake,
     /// Global index of the worker (part of every file name, so workers never collide).
     pub worker: usize,
+    /// Names this run's files apart from those of earlier runs (restarts).
+    pub run: String,
     next_seq: u64,
 }
 
 impl FileNamer {
-    /// Names files for `worker` in `lake`.
-    pub fn new(lake: Lake, worker: usize) -> Self {
-        FileNamer { lake, worker, next_seq: 0 }
+    /// Names files for `worker` of run `run` in `lake`.
+    pub fn new(lake: Lake, worker: usize, run: &str) -> Self {
+        FileNamer { lake, worker, run: run.to_owned(), next_seq: 0 }
     }
 
-    /// `<table>/dt=../hour=../<commit>-w<worker>-<seq>.parquet`.
-    fn next(&mut self, table: &Table, hour: i64, commit: u64) -> Path {
+    /// `(staged, path)` of the next file: `<table>/dt=../hour=../<epoch>-<run>-w<worker>-<seq>.parquet`
+    /// in the table, under `_stockflow/staging/<run>/` until committed.
+    fn next(&mut self, table: &Table, hour: i64, epoch: Time) -> (String, String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let name = format!("{}/{commit:013}-w{:03}-{seq:06}.parquet", partition_path(hour), self.worker);
-        Path::parse(format!("{}/{name}", self.lake.table_path(table))).unwrap_or_else(|_| Path::from(name))
+        let path = format!(
+            "{}/{}/{epoch:013}-{}-w{:03}-{seq:06}.parquet",
+            table.name(),
+            partition_path(hour),
+            self.run,
+            self.worker
+        );
+        (format!("{STAGING}/{}/{path}", self.run), path)
     }
 }
 
@@ -100,10 +130,10 @@ struct OpenFile<C> {
     rows: usize,
 }
 
-/// The open files of one table on one worker, keyed by hour partition.
+/// The open files of one table on one worker, keyed by (commit epoch, hour partition).
 pub struct TableFiles<C: Columns> {
     table: Table,
-    open: BTreeMap<i64, OpenFile<C>>,
+    open: BTreeMap<(Time, i64), OpenFile<C>>,
     config: WriterConfig,
 }
 
@@ -113,20 +143,21 @@ impl<C: Columns> TableFiles<C> {
         TableFiles { table, open: BTreeMap::new(), config }
     }
 
-    /// Appends `row` to the file of `hour`; closes and uploads the file if it is full.
-    pub fn push(&mut self, hour: i64, row: &C::Row, out: &mut FileSink) -> Result<(), LakeError> {
-        if !self.open.contains_key(&hour) && self.open.len() >= self.config.max_open_files.max(1) {
+    /// Appends `row` to the file of (`epoch`, `hour`); closes and uploads the file if it is full.
+    pub fn push(&mut self, epoch: Time, hour: i64, row: &C::Row, out: &mut FileSink) -> Result<(), LakeError> {
+        let key = (epoch, hour);
+        if !self.open.contains_key(&key) && self.open.len() >= self.config.max_open_files.max(1) {
             let smallest = self.open.iter().min_by_key(|(_, f)| f.rows + f.columns.len()).map(|(h, _)| *h);
             if let Some(file) = smallest.and_then(|h| self.open.remove_entry(&h)) {
                 out.store(&self.table, file.0, file.1)?;
             }
         }
-        let file = match self.open.get_mut(&hour) {
+        let file = match self.open.get_mut(&key) {
             Some(file) => file,
             None => {
                 let columns = C::new();
                 let writer = ArrowWriter::try_new(Vec::new(), self.table.schema(), Some(properties()))?;
-                self.open.entry(hour).or_insert(OpenFile { columns, writer, rows: 0 })
+                self.open.entry(key).or_insert(OpenFile { columns, writer, rows: 0 })
             }
         };
         file.columns.push(row);
@@ -135,31 +166,39 @@ impl<C: Columns> TableFiles<C> {
             let batch = file.columns.finish()?;
             file.writer.write(&batch)?;
             if file.rows >= self.config.rows_per_file {
-                if let Some(file) = self.open.remove(&hour) {
-                    out.store(&self.table, hour, file)?;
+                if let Some(file) = self.open.remove(&key) {
+                    out.store(&self.table, key, file)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Closes and uploads every open file.
-    pub fn close_all(&mut self, out: &mut FileSink) -> Result<(), LakeError> {
-        for (hour, file) in std::mem::take(&mut self.open) {
-            out.store(&self.table, hour, file)?;
+    /// Closes and uploads the open files of every epoch up to `through` (inclusive).
+    pub fn close_through(&mut self, through: Time, out: &mut FileSink) -> Result<(), LakeError> {
+        let later = match through.checked_add(1) {
+            Some(next) => self.open.split_off(&(next, i64::MIN)),
+            None => BTreeMap::new(),
+        };
+        for (key, file) in std::mem::replace(&mut self.open, later) {
+            out.store(&self.table, key, file)?;
         }
         Ok(())
     }
 }
 
-/// Finished files on their way to the store.
+/// Called when an upload finishes, to wake the operator that reports it.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// Finished files on their way to the staging area.
 pub struct FileSink {
     namer: FileNamer,
     runtime: Handle,
-    in_flight: VecDeque<JoinHandle<Result<(), object_store::Error>>>,
+    in_flight: VecDeque<(JoinHandle<Result<(), object_store::Error>>, Staged)>,
     max_uploads: usize,
-    /// The commit point named in files closed from now on.
-    pub commit: u64,
+    waker: Option<Waker>,
+    /// Files whose upload finished, not yet taken by [`FileSink::take_staged`].
+    staged: Vec<Staged>,
     /// What has been handed to the store so far.
     pub stats: WriteStats,
 }
@@ -172,12 +211,28 @@ impl FileSink {
             runtime,
             in_flight: VecDeque::new(),
             max_uploads: config.max_uploads.max(1),
-            commit: 0,
+            waker: None,
+            staged: Vec::new(),
             stats: WriteStats::default(),
         }
     }
 
-    fn store<C: Columns>(&mut self, table: &Table, hour: i64, mut file: OpenFile<C>) -> Result<(), LakeError> {
+    /// Calls `waker` whenever an upload finishes.
+    pub fn set_waker(&mut self, waker: Waker) {
+        self.waker = Some(waker);
+    }
+
+    /// The least epoch of the uploads still in flight.
+    pub fn pending_epoch(&self) -> Option<Time> {
+        self.in_flight.iter().map(|(_, s)| s.epoch).min()
+    }
+
+    /// The files stored since the last call.
+    pub fn take_staged(&mut self) -> Vec<Staged> {
+        std::mem::take(&mut self.staged)
+    }
+
+    fn store<C: Columns>(&mut self, table: &Table, key: (Time, i64), mut file: OpenFile<C>) -> Result<(), LakeError> {
         if !file.columns.is_empty() {
             file.rows += file.columns.len();
             let batch = file.columns.finish()?;
@@ -187,32 +242,43 @@ impl FileSink {
             return Ok(());
         }
         let bytes = Bytes::from(file.writer.into_inner()?);
-        let path = self.namer.next(table, hour, self.commit);
+        let (epoch, hour) = key;
+        let (staged, path) = self.namer.next(table, hour, epoch);
+        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: bytes.len() as u64 };
         self.stats.files += 1;
-        self.stats.bytes += bytes.len() as u64;
-        *self.stats.rows.entry(table.name()).or_default() += file.rows as u64;
+        self.stats.bytes += staged.bytes;
+        *self.stats.rows.entry(table.name()).or_default() += staged.rows;
         while self.in_flight.len() >= self.max_uploads {
             self.wait_oldest()?;
         }
         let store: Arc<dyn ObjectStore> = Arc::clone(&self.namer.lake.store);
-        self.in_flight.push_back(
-            self.runtime.spawn(async move { store.put(&path, PutPayload::from_bytes(bytes)).await.map(|_| ()) }),
-        );
+        let location = self.namer.lake.path(&staged.staged);
+        let waker = self.waker.clone();
+        let task = self.runtime.spawn(async move {
+            let result = store.put(&location, PutPayload::from_bytes(bytes)).await.map(|_| ());
+            if let Some(wake) = waker {
+                wake();
+            }
+            result
+        });
+        self.in_flight.push_back((task, staged));
         Ok(())
     }
 
     fn wait_oldest(&mut self) -> Result<(), LakeError> {
-        if let Some(task) = self.in_flight.pop_front() {
+        if let Some((task, staged)) = self.in_flight.pop_front() {
             self.runtime.block_on(task).map_err(|e| LakeError::Task(e.to_string()))??;
+            self.staged.push(staged);
         }
         Ok(())
     }
 
     /// Reaps finished uploads without waiting, surfacing the first failure.
     pub fn reap(&mut self) -> Result<(), LakeError> {
-        while self.in_flight.front().is_some_and(|t| t.is_finished()) {
+        while self.in_flight.front().is_some_and(|(t, _)| t.is_finished()) {
             self.wait_oldest()?;
         }
+        // Uploads finish out of order; a finished one behind a slow one is reaped later.
         Ok(())
     }
 
@@ -251,15 +317,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
         let config = WriterConfig { max_open_files: 2, batch_rows: 4, ..Default::default() };
-        let mut out = FileSink::new(FileNamer::new(lake.clone(), 0), rt.handle().clone(), &config);
+        let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
         let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
         // Ten rows in each of five hours, interleaved: never more than two files open.
         for i in 0..50 {
-            files.push(i % 5, &row(i), &mut out).expect("push");
+            files.push(60_000, i % 5, &row(i), &mut out).expect("push");
             assert!(files.open.len() <= 2);
         }
-        files.close_all(&mut out).expect("close");
+        files.close_through(60_000, &mut out).expect("close");
         out.finish().expect("uploads");
+        for file in out.take_staged() {
+            rt.block_on(lake.store.rename(&lake.path(&file.staged), &lake.path(&file.path))).expect("move");
+        }
         let batches = rt.block_on(read_table(&lake, &Table::Quarantine)).expect("read");
         let mut offsets: Vec<i64> = positions(&batches).expect("positions").into_iter().map(|(_, o)| o).collect();
         offsets.sort_unstable();

@@ -1,24 +1,32 @@
-//! The lake sink: the dataflow's trades, quarantine and bars into Parquet files, closed at
-//! event-time commit points as the frontier (the watermark) passes them.
+//! The lake sink: the dataflow's trades, quarantine and bars into Parquet files staged per
+//! commit epoch, each reported to the committer once stored.
+//!
+//! A row at timely time `t` belongs to epoch `(t / interval + 1) * interval`, the first commit
+//! point above it; an epoch's files close when the frontier reaches it. The report of a file
+//! leaves at time `epoch - 1`, and the sink holds its capability there until the upload has
+//! finished, so the committer's frontier passing `T` means every file of every epoch up to
+//! `T` is stored and reported.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use dataflows::{Bar, Quarantined, Time, Trade};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::runtime::Handle;
 
 use crate::lake::encode::{BarColumns, QuarantineColumns, TradeColumns};
-use crate::lake::writer::{FileNamer, FileSink, TableFiles, WriteStats, WriterConfig};
+use crate::lake::writer::{FileNamer, FileSink, Staged, TableFiles, WriteStats, WriterConfig};
 use crate::lake::{Lake, LakeError, Table, hour_of};
 
 /// Settings of the sink.
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
-    /// Event-time interval between commit points, ms: open files are closed whenever the
-    /// frontier passes a multiple of it.
+    /// Event-time interval between commit points, ms.
     pub commit_interval_ms: u64,
     /// Bar widths, ms, in the order of the pipeline's width indices (each names a table).
     pub bar_widths: Vec<u64>,
@@ -36,23 +44,22 @@ pub struct LakeWriter {
 }
 
 impl LakeWriter {
-    /// A writer for `worker` into `lake`, uploading through `runtime`.
-    pub fn new(lake: Lake, worker: usize, runtime: Handle, cfg: &SinkConfig) -> Self {
+    /// A writer for `worker` of run `run` into `lake`, uploading through `runtime`.
+    pub fn new(lake: Lake, worker: usize, run: &str, runtime: Handle, cfg: &SinkConfig) -> Self {
         LakeWriter {
             trades: TableFiles::new(Table::Trades, cfg.writer.clone()),
             bars: cfg.bar_widths.iter().map(|w| TableFiles::new(Table::Bars(*w), cfg.writer.clone())).collect(),
             quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone()),
-            files: FileSink::new(FileNamer::new(lake, worker), runtime, &cfg.writer),
+            files: FileSink::new(FileNamer::new(lake, worker, run), runtime, &cfg.writer),
         }
     }
 
-    fn close_all(&mut self, commit: u64) -> Result<(), LakeError> {
-        self.files.commit = commit;
-        self.trades.close_all(&mut self.files)?;
+    fn close_through(&mut self, epoch: Time) -> Result<(), LakeError> {
+        self.trades.close_through(epoch, &mut self.files)?;
         for bars in &mut self.bars {
-            bars.close_all(&mut self.files)?;
+            bars.close_through(epoch, &mut self.files)?;
         }
-        self.quarantine.close_all(&mut self.files)?;
+        self.quarantine.close_through(epoch, &mut self.files)?;
         self.files.reap()
     }
 
@@ -66,87 +73,103 @@ impl LakeWriter {
 /// Where the sink reports a failure; the driver stops the worker when it is set.
 pub type SinkError = Rc<RefCell<Option<LakeError>>>;
 
-/// Attaches the lake sink to a pipeline's outputs.
+/// Attaches the lake sink to a pipeline's outputs. Bar rows before `committed` (a restart's
+/// commit point) are already in the lake and are dropped. Returns the failure slot and the
+/// stream of staged files.
 pub fn lake_sink<'scope>(
     trades: StreamVec<'scope, Time, Trade>,
     quarantine: StreamVec<'scope, Time, Quarantined>,
     bars: StreamVec<'scope, Time, (u8, Bar)>,
     writer: Rc<RefCell<LakeWriter>>,
     cfg: &SinkConfig,
-) -> SinkError {
-    let mut builder = OperatorBuilder::new("LakeSink".to_owned(), trades.scope());
+    committed: Time,
+) -> (SinkError, StreamVec<'scope, Time, Staged>) {
+    let scope = trades.scope();
+    let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
+    let info = builder.operator_info();
     let mut trades_in = builder.new_input(trades, Pipeline);
     let mut quarantine_in = builder.new_input(quarantine, Pipeline);
     let mut bars_in = builder.new_input(bars, Pipeline);
+    let (staged_out, staged) = builder.new_output();
+    let mut staged_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Staged>>> = OutputBuilder::from(staged_out);
     let error: SinkError = Rc::new(RefCell::new(None));
     let error_out = Rc::clone(&error);
     let interval = cfg.commit_interval_ms.max(1);
+    let epoch_of = move |t: Time| (t / interval).saturating_add(1).saturating_mul(interval);
+    let activator = scope.worker().sync_activator_for(info.address.to_vec());
+    writer.borrow_mut().files.set_waker(Arc::new(move || {
+        let _ = activator.activate();
+    }));
 
-    builder.build(move |_caps| {
-        let mut last_commit: Time = 0;
-        let mut max_time: Time = 0;
-        let mut closed = false;
+    builder.build(move |caps| {
+        let mut cap = caps.into_iter().next();
         move |frontiers| {
             let mut guard = writer.borrow_mut();
             let w = &mut *guard;
             let mut result: Result<(), LakeError> = Ok(());
-            trades_in.for_each_stamp(|cap, data| {
-                max_time = max_time.max(cap.least().copied().unwrap_or(0));
+            trades_in.for_each_stamp(|stamp, data| {
+                let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
                 for t in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
-                        result = w.trades.push(hour_of(t.ts), &t, &mut w.files);
+                        result = w.trades.push(epoch, hour_of(t.ts), &t, &mut w.files);
                     }
                 }
             });
-            quarantine_in.for_each_stamp(|cap, data| {
-                max_time = max_time.max(cap.least().copied().unwrap_or(0));
+            quarantine_in.for_each_stamp(|stamp, data| {
+                let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
                 for q in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
                         // Partitioned by Kafka timestamp; by the record's event-time stamp
                         // when the broker gave none.
                         let at = q.kafka_ts.unwrap_or(q.time as i64);
-                        result = w.quarantine.push(hour_of(at), &q, &mut w.files);
+                        result = w.quarantine.push(epoch, hour_of(at), &q, &mut w.files);
                     }
                 }
             });
-            bars_in.for_each_stamp(|cap, data| {
-                max_time = max_time.max(cap.least().copied().unwrap_or(0));
-                for b in data.flat_map(|b| b.drain(..)) {
-                    if result.is_ok() {
-                        let (width, b) = b;
+            bars_in.for_each_stamp(|stamp, data| {
+                let time = stamp.least().copied().unwrap_or(0);
+                let epoch = epoch_of(time);
+                for (width, b) in data.flat_map(|b| b.drain(..)) {
+                    if result.is_ok() && time >= committed {
                         result = match w.bars.get_mut(width as usize) {
-                            Some(table) => table.push(hour_of(b.window_start), &b, &mut w.files),
+                            Some(table) => table.push(epoch, hour_of(b.window_start), &b, &mut w.files),
                             None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
                         };
                     }
                 }
             });
 
+            // Epochs at or below the frontier are complete: close their files.
             let frontier = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
             if result.is_ok() {
-                result = match frontier {
-                    Some(f) => {
-                        let point = f - f % interval;
-                        if point > last_commit {
-                            last_commit = point;
-                            w.close_all(point)
-                        } else {
-                            w.files.reap()
-                        }
-                    }
-                    None if !closed => {
-                        closed = true;
-                        // End of input: everything is complete; name the files after the
-                        // commit point just past the last record.
-                        w.close_all((max_time / interval + 1) * interval)
-                    }
-                    None => Ok(()),
-                };
+                result = w.close_through(frontier.unwrap_or(Time::MAX));
             }
             if let Err(e) = result {
                 error_out.borrow_mut().get_or_insert(e);
+                return; // keep the capability: nothing after a failure may look committed
+            }
+            if let Some(c) = cap.as_mut() {
+                let mut session = staged_out.activate();
+                for file in w.files.take_staged() {
+                    session.session(&c.delayed(&(file.epoch - 1))).give(file);
+                }
+            }
+            // Hold reports back at the frontier and at every epoch still uploading.
+            let hold = match (frontier, w.files.pending_epoch()) {
+                (Some(f), Some(e)) => Some(f.min(e - 1)),
+                (Some(f), None) => Some(f),
+                (None, Some(e)) => Some(e - 1),
+                (None, None) => None,
+            };
+            match hold {
+                Some(t) => {
+                    if let Some(c) = cap.as_mut() {
+                        c.downgrade(&t.max(*c.time()));
+                    }
+                }
+                None => cap = None,
             }
         }
     });
-    error
+    (error, staged)
 }

@@ -47,7 +47,8 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Assigns partitions `p % peers == index` of `partitions`, each from `start` (or the
-    /// beginning of what the broker holds).
+    /// beginning of what the broker holds; the job passes the low watermark then, so the
+    /// offsets it reports are real ones).
     pub fn new(
         cfg: &KafkaConfig,
         partitions: i32,
@@ -113,6 +114,10 @@ impl RecordSource for KafkaSource {
         let mut p: Vec<i32> = self.next.keys().copied().collect();
         p.sort_unstable();
         p
+    }
+
+    fn start_offset(&self, p: i32) -> i64 {
+        self.next.get(&p).copied().unwrap_or(0)
     }
 
     fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, SourceError> {

@@ -1,0 +1,366 @@
+//! The commit protocol: which output is in the lake, recorded with one create-only put per
+//! commit point, and the recovery that makes a restart continue exactly where it stopped.
+//!
+//! Commit point `T` (a multiple of `--commit-interval`) holds every output row with timely
+//! time `< T`. Worker 0's committer writes `_stockflow/commits/<T>.json` once its input
+//! frontier — the sources' positions and the sinks' staged files — has passed `T`, then moves
+//! the staged files into their tables. The record is the commit: a crash before it leaves
+//! only staging garbage, a crash after it leaves moves that recovery finishes.
+
+pub mod record;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use dataflows::resume::{Crossing, Resume};
+use dataflows::{PartitionClock, Time};
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+pub use record::{CommitRecord, Settings};
+
+use crate::lake::writer::Staged;
+use crate::lake::{COMMITS, Lake, LakeError, STAGING};
+
+/// Commit-protocol failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The create-only put found the record already there.
+    #[error("commit {0} already exists in the lake: another job is writing to it")]
+    Conflict(String),
+    /// A committed file is neither staged nor in its table.
+    #[error("committed file {0} is missing from the lake")]
+    Missing(String),
+    /// The lake was written with other settings.
+    #[error("the lake was written with {0}; run with the same settings or use a new lake")]
+    Settings(String),
+    /// The newest commit closed the lake.
+    #[error(
+        "the lake was finalised by a --drain run (all windows closed at the end of the log); use a new lake to \
+         process more of the topic"
+    )]
+    Final,
+    /// A commit record could not be read.
+    #[error("commit record {path}: {reason}")]
+    Corrupt {
+        /// The record.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+impl From<object_store::Error> for CommitError {
+    fn from(e: object_store::Error) -> Self {
+        CommitError::Lake(LakeError::Store(e))
+    }
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// The newest commit, if any.
+    pub last: Option<CommitRecord>,
+    /// Objects removed from staging (uncommitted output of earlier runs).
+    pub discarded: usize,
+}
+
+impl Recovery {
+    /// The source's restart plan.
+    pub fn resume(&self) -> Option<Resume> {
+        self.last.as_ref().map(|r| Resume { commit: r.commit, partitions: r.positions().collect() })
+    }
+
+    /// Where each partition starts reading: its replay offset.
+    pub fn starts(&self) -> HashMap<i32, i64> {
+        self.last.iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.replay))).collect()
+    }
+
+    /// Each partition's clock at its replay offset.
+    pub fn clocks(&self) -> HashMap<i32, PartitionClock> {
+        self.last.iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.clock))).collect()
+    }
+
+    /// The commit point: output before it is in the lake.
+    pub fn committed(&self) -> Time {
+        self.last.as_ref().map_or(0, |r| r.commit)
+    }
+}
+
+/// Reads the newest commit record, checking it against this run's `settings`. Fails if the
+/// lake was written with other settings or was finalised.
+pub async fn read_newest(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
+    let mut recovery = Recovery::default();
+    let newest = lake
+        .store
+        .list(Some(&lake.path(COMMITS)))
+        .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".json")))
+        .try_fold(None, |newest: Option<object_store::path::Path>, m| async move {
+            Ok(Some(match newest {
+                Some(n) if n > m.location => n,
+                _ => m.location,
+            }))
+        })
+        .await?;
+    if let Some(location) = newest {
+        let bytes = lake.store.get(&location).await?.bytes().await?;
+        let record: CommitRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| CommitError::Corrupt { path: location.to_string(), reason: e.to_string() })?;
+        if let Some(difference) = record.settings.difference(settings) {
+            return Err(CommitError::Settings(difference));
+        }
+        if record.is_final() {
+            return Err(CommitError::Final);
+        }
+        recovery.last = Some(record);
+    }
+    Ok(recovery)
+}
+
+/// Brings the lake to its newest commit: finishes that commit's moves and deletes every other
+/// staged object (output of runs that stopped before committing it).
+pub async fn recover(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
+    let mut recovery = read_newest(lake, settings).await?;
+    if let Some(record) = &recovery.last {
+        move_files(lake, &record.files).await?;
+        tracing::info!(commit = record.commit, files = record.files.len(), "recovered from the newest commit");
+    }
+    let staged: Vec<_> = lake.store.list(Some(&lake.path(STAGING))).try_collect().await?;
+    for meta in &staged {
+        match lake.store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    recovery.discarded = staged.len();
+    if recovery.discarded > 0 {
+        tracing::info!(objects = recovery.discarded, "deleted uncommitted staged files");
+    }
+    Ok(recovery)
+}
+
+/// Moves committed files from staging into their tables; a file already moved is skipped.
+async fn move_files(lake: &Lake, files: &[Staged]) -> Result<(), CommitError> {
+    for file in files {
+        let (from, to) = (lake.path(&file.staged), lake.path(&file.path));
+        match lake.store.rename(&from, &to).await {
+            Ok(()) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                // Moved before a crash: it must be in its table now.
+                if lake.store.head(&to).await.is_err() {
+                    return Err(CommitError::Missing(file.path.clone()));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes one commit: the record with a create-only put, then the moves.
+async fn commit(lake: &Lake, record: &CommitRecord) -> Result<(), CommitError> {
+    let body = serde_json::to_vec_pretty(record)
+        .map_err(|e| CommitError::Corrupt { path: record.name(), reason: e.to_string() })?;
+    let location = lake.path(&format!("{COMMITS}/{}", record.name()));
+    let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+    match lake.store.put_opts(&location, PutPayload::from(body), options).await {
+        Ok(_) => {}
+        Err(object_store::Error::AlreadyExists { .. }) => return Err(CommitError::Conflict(record.name())),
+        Err(e) => return Err(e.into()),
+    }
+    move_files(lake, &record.files).await
+}
+
+/// Called after each commit (the job commits the Kafka offsets there, for lag monitoring).
+pub type AfterCommit = Box<dyn Fn(&CommitRecord) + Send>;
+
+/// Commits run one after another on the IO runtime, off the worker thread: a commit's moves
+/// finish before the next record is written, so recovery only ever has the newest to finish.
+pub struct CommitQueue {
+    tx: RefCell<Option<mpsc::UnboundedSender<CommitRecord>>>,
+    task: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    runtime: Handle,
+    state: Arc<Mutex<QueueState>>,
+}
+
+/// What the commit task has done.
+#[derive(Debug, Default)]
+struct QueueState {
+    commits: u64,
+    last: Option<Time>,
+    error: Option<CommitError>,
+}
+
+impl CommitQueue {
+    /// Starts the commit task for `lake`.
+    pub fn start(lake: Lake, runtime: Handle, after: Option<AfterCommit>) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<CommitRecord>();
+        let state = Arc::new(Mutex::new(QueueState::default()));
+        let shared = Arc::clone(&state);
+        let task = runtime.spawn(async move {
+            while let Some(record) = rx.recv().await {
+                let started = std::time::Instant::now();
+                let result = commit(&lake, &record).await;
+                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(()) => {
+                        tracing::debug!(
+                            commit = record.commit,
+                            files = record.files.len(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "committed"
+                        );
+                        state.commits += 1;
+                        state.last = Some(record.commit);
+                        drop(state);
+                        if let Some(after) = &after {
+                            after(&record);
+                        }
+                    }
+                    Err(e) => {
+                        state.error = Some(e);
+                        return; // nothing after a failed commit may be committed
+                    }
+                }
+            }
+        });
+        CommitQueue { tx: RefCell::new(Some(tx)), task: RefCell::new(Some(task)), runtime, state }
+    }
+
+    fn send(&self, record: CommitRecord) {
+        if let Some(tx) = self.tx.borrow().as_ref() {
+            let _ = tx.send(record);
+        }
+    }
+
+    /// The first failure, if any (taken).
+    pub fn take_error(&self) -> Option<CommitError> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).error.take()
+    }
+
+    /// Waits for the queued commits; returns how many were written and the last point.
+    pub fn finish(&self) -> Result<(u64, Option<Time>), CommitError> {
+        self.tx.borrow_mut().take();
+        if let Some(task) = self.task.borrow_mut().take() {
+            self.runtime.block_on(task).map_err(|e| LakeError::Task(e.to_string()))?;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.error.take() {
+            Some(e) => Err(e),
+            None => Ok((state.commits, state.last)),
+        }
+    }
+}
+
+/// What the committer needs to know.
+#[derive(Clone, Debug)]
+pub struct CommitterConfig {
+    /// Event-time interval between commit points.
+    pub interval_ms: u64,
+    /// Partitions of the topic: a commit needs the position of each.
+    pub partitions: i32,
+    /// The recovered commit point; only later points are committed.
+    pub after: Time,
+    /// Topic and settings written into each record.
+    pub template: CommitRecord,
+}
+
+/// The committer: gathers every source's crossings and every sink's staged files on worker 0
+/// and commits the greatest commit point its frontier has passed. At the end of the input it
+/// commits everything when every source reached the end of its log (`--drain`), and otherwise
+/// (a graceful stop) the greatest point all sources had passed.
+pub fn committer<'scope>(
+    crossings: StreamVec<'scope, Time, Crossing>,
+    staged: StreamVec<'scope, Time, Staged>,
+    cfg: CommitterConfig,
+    queue: Option<Rc<CommitQueue>>,
+) {
+    let to_zero = |_: &Crossing| 0u64;
+    let files_to_zero = |_: &Staged| 0u64;
+    crossings.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
+        staged,
+        Exchange::new(to_zero),
+        Exchange::new(files_to_zero),
+        "Committer",
+        move |cap, _info| {
+            drop(cap); // no output: the committer must not hold the dataflow open
+            let mut marks: HashMap<i32, Vec<(Time, Option<Time>, dataflows::resume::PartitionMark)>> = HashMap::new();
+            let mut files: BTreeMap<Time, Vec<Staged>> = BTreeMap::new();
+            let mut last = cfg.after;
+            let mut ended = false;
+            move |(crossings_in, crossings_frontier), (staged_in, staged_frontier), _output| {
+                crossings_in.for_each(|_, data| {
+                    for c in data.drain(..) {
+                        for m in c.partitions {
+                            marks.entry(m.partition).or_default().push((c.from, c.to, m));
+                        }
+                    }
+                });
+                staged_in.for_each(|_, data| {
+                    for f in data.drain(..) {
+                        files.entry(f.epoch).or_default().push(f);
+                    }
+                });
+                let Some(queue) = &queue else { return };
+                let frontier = [crossings_frontier.frontier(), staged_frontier.frontier()]
+                    .iter()
+                    .filter_map(|f| f.first().copied())
+                    .min();
+                let point = match frontier {
+                    Some(f) => f - f % cfg.interval_ms.max(1),
+                    None if ended => return,
+                    None => {
+                        ended = true;
+                        // Every partition's last crossing: the end of its log, or where a
+                        // graceful stop left it.
+                        let ends: Vec<Option<Time>> =
+                            marks.values().map(|m| m.last().and_then(|(_, to, _)| *to)).collect();
+                        if ends.len() as i32 == cfg.partitions && ends.iter().all(Option::is_none) {
+                            Time::MAX
+                        } else {
+                            match ends.iter().map(|t| t.unwrap_or(Time::MAX)).min() {
+                                Some(t) => t - t % cfg.interval_ms.max(1),
+                                None => return,
+                            }
+                        }
+                    }
+                };
+                if point <= last {
+                    return;
+                }
+                let positions: BTreeMap<i32, _> = marks
+                    .iter()
+                    .filter_map(|(p, ms)| {
+                        ms.iter()
+                            .find(|(from, to, _)| *from < point && to.is_none_or(|to| point <= to))
+                            .map(|(_, _, m)| (*p, m.position(point)))
+                    })
+                    .collect();
+                if (positions.len() as i32) < cfg.partitions {
+                    return; // a source has not reported this point (it started past it)
+                }
+                let later = match point.checked_add(1) {
+                    Some(next) => files.split_off(&next),
+                    None => BTreeMap::new(),
+                };
+                let committed: Vec<Staged> = std::mem::replace(&mut files, later).into_values().flatten().collect();
+                for ms in marks.values_mut() {
+                    ms.retain(|(_, to, _)| to.is_none_or(|to| to > point));
+                }
+                last = point;
+                queue.send(cfg.template.for_commit(point, positions, committed));
+            }
+        },
+    );
+}

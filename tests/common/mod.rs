@@ -1,0 +1,48 @@
+//! Reading a lake back in integration tests: every row of every table, keyed by where it
+//! came from in Kafka, with duplicates counted.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{BooleanArray, Int32Array, Int64Array, StringArray};
+use stockflow::lake::{Lake, Table, read};
+
+/// What a lake holds.
+pub struct Landed {
+    pub trades: BTreeMap<(i32, i64), bool>,
+    pub quarantine: BTreeMap<(i32, i64), String>,
+    /// Bar rows of every width table, tagged with the width index.
+    pub bars: Vec<(u8, dataflows::Bar)>,
+    pub duplicates: usize,
+}
+
+fn column<'a, T: 'static>(batch: &'a arrow::record_batch::RecordBatch, name: &str) -> &'a T {
+    read::column(batch, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Reads every table of `lake` (bars of `widths`, in that order).
+pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
+    let mut landed = Landed { trades: BTreeMap::new(), quarantine: BTreeMap::new(), bars: Vec::new(), duplicates: 0 };
+    for batch in read::read_table(lake, &Table::Trades).await.expect("trades") {
+        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
+        let late = column::<BooleanArray>(&batch, "late");
+        for i in 0..batch.num_rows() {
+            if landed.trades.insert((p.value(i), o.value(i)), late.value(i)).is_some() {
+                landed.duplicates += 1;
+            }
+        }
+    }
+    for batch in read::read_table(lake, &Table::Quarantine).await.expect("quarantine") {
+        let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
+        let r = column::<StringArray>(&batch, "reason");
+        for i in 0..batch.num_rows() {
+            if landed.quarantine.insert((p.value(i), o.value(i)), r.value(i).to_owned()).is_some() {
+                landed.duplicates += 1;
+            }
+        }
+    }
+    for (i, width) in widths.iter().enumerate() {
+        let rows = read::bars(&read::read_table(lake, &Table::Bars(*width)).await.expect("bars")).expect("bar rows");
+        landed.bars.extend(rows.into_iter().map(|b| (i as u8, b)));
+    }
+    landed
+}

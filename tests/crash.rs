@@ -1,0 +1,199 @@
+//! Crash safety: the job as a process on `stockflow dev-kafka`, killed with SIGKILL at random
+//! moments while the topic grows, restarted (with varying `-w`), then drained, must leave
+//! exactly the lake of one clean run: every (partition, offset) once, the same bar rows.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use stockflow::lake::Lake;
+
+mod common;
+use common::{Landed, read_lake};
+
+const PARTITIONS: i32 = 4;
+const WIDTHS: [u64; 2] = [60_000, 300_000];
+const BASE_MS: i64 = 1_763_997_000_000;
+
+/// The broker as its own process, so killing the job never touches the log.
+struct DevKafka {
+    child: Child,
+    brokers: String,
+}
+
+impl DevKafka {
+    fn start(dir: &Path) -> Self {
+        let port_file = dir.join("brokers");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["dev-kafka", "--partitions", &PARTITIONS.to_string(), "--port-file"])
+            .arg(&port_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dev-kafka");
+        // The first line of its output is the bootstrap address, printed once it serves.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("brokers line");
+        DevKafka { child, brokers: line.trim().to_owned() }
+    }
+}
+
+impl Drop for DevKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A seeded stream of Finnhub trades per partition: event time moving forward with jitter,
+/// late trades (some beyond the lateness, a few beyond the revision horizon) and garbage.
+struct Market {
+    rng: fastrand::Rng,
+    clock: Vec<i64>,
+}
+
+impl Market {
+    fn new(seed: u64) -> Self {
+        Market { rng: fastrand::Rng::with_seed(seed), clock: vec![BASE_MS; PARTITIONS as usize] }
+    }
+
+    fn record(&mut self) -> (i32, String, Vec<u8>, i64) {
+        let rng = &mut self.rng;
+        let p = rng.i32(0..PARTITIONS);
+        let symbol = format!("S{}", p + PARTITIONS * rng.i32(0..5));
+        let clock = &mut self.clock[p as usize];
+        *clock += rng.i64(0..400);
+        let ts = match rng.u8(..100) {
+            0..=2 => *clock - rng.i64(0..900_000),
+            3..=9 => *clock - rng.i64(0..8_000),
+            _ => *clock,
+        };
+        let price = rng.u32(100..90_000) as f64 / 100.0;
+        let payload = match rng.u16(..200) {
+            0 => b"{\"s\":".to_vec(),
+            1 => format!(r#"{{"s":"{symbol}","p":0,"t":{ts},"v":1}}"#).into_bytes(),
+            _ => format!(r#"{{"s":"{symbol}","p":{price},"t":{ts},"v":{},"c":["1"]}}"#, rng.u32(1..500)).into_bytes(),
+        };
+        (p, symbol, payload, *clock)
+    }
+
+    fn produce(&mut self, producer: &BaseProducer, n: usize) {
+        for _ in 0..n {
+            let (p, key, payload, at) = self.record();
+            let record = BaseRecord::to("trades").partition(p).key(&key).payload(&payload).timestamp(at);
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+}
+
+fn job(brokers: &str, lake: &Path, workers: usize, drain: bool) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));
+    cmd.args(["--brokers", brokers, "-w", &workers.to_string(), "--bars", "1m,5m", "--revision-horizon", "10m"])
+        .args(["--commit-interval", "1m", "--rows-per-file", "3000", "--lake"])
+        .arg(lake)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if drain {
+        cmd.arg("--drain");
+    }
+    cmd
+}
+
+fn drain(brokers: &str, lake: &Path, workers: usize) {
+    let out = job(brokers, lake, workers, true).output().expect("drain");
+    assert!(out.status.success(), "drain failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn commits(lake: &Path) -> usize {
+    std::fs::read_dir(lake.join("_stockflow/commits")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn staged_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { staged_files(&e.path()) } else { 1 }).sum()
+}
+
+fn bar_rows(landed: &Landed) -> Vec<String> {
+    let mut rows: Vec<String> = landed.bars.iter().map(|(w, b)| format!("{w} {b:?}")).collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kafka = DevKafka::start(dir.path());
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    let mut market = Market::new(42);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let crashed = dir.path().join("crashed");
+    let (mut kills, mut kills_after_a_commit, mut produced) = (0, 0, 0);
+    let mut workers_used = std::collections::BTreeSet::new();
+
+    // The topic grows between runs, so every run has new records to read, window, stage and
+    // commit when the kill comes: during start-up, recovery, replay, processing or a commit.
+    while kills < 20 {
+        let chunk = 2_500;
+        market.produce(&producer, chunk);
+        produced += chunk;
+        let workers = 1 + rng.usize(..3);
+        workers_used.insert(workers);
+        let before = commits(&crashed);
+        let mut child = job(&kafka.brokers, &crashed, workers, false).spawn().expect("job");
+        let deadline = Instant::now() + Duration::from_millis(rng.u64(30..1_500));
+        // A run that fails on its own (rather than by the kill) is a bug: check it is alive.
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+                panic!("job exited by itself ({status}) before the kill: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        kills += 1;
+        if commits(&crashed) > before {
+            kills_after_a_commit += 1;
+        }
+    }
+    drain(&kafka.brokers, &crashed, 2);
+
+    let clean = dir.path().join("clean");
+    drain(&kafka.brokers, &clean, 1);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let got = rt.block_on(read_lake(&Lake::open(&crashed.to_string_lossy()).expect("lake"), &WIDTHS));
+    let want = rt.block_on(read_lake(&Lake::open(&clean.to_string_lossy()).expect("lake"), &WIDTHS));
+    let records = want.trades.len() + want.quarantine.len();
+    let missing = want.trades.keys().filter(|k| !got.trades.contains_key(k)).count()
+        + want.quarantine.keys().filter(|k| !got.quarantine.contains_key(k)).count();
+    let (got_bars, want_bars) = (bar_rows(&got), bar_rows(&want));
+    let bar_mismatches =
+        got_bars.iter().zip(&want_bars).filter(|(a, b)| a != b).count() + got_bars.len().abs_diff(want_bars.len());
+    eprintln!(
+        "crash test: {kills} SIGKILLs ({kills_after_a_commit} after the run committed), -w {workers_used:?}, \
+         {produced} records produced, {records} landed, {} commits, duplicates {}, missing {missing}, \
+         bar rows {} (mismatches {bar_mismatches})",
+        commits(&crashed),
+        got.duplicates,
+        got_bars.len()
+    );
+    assert_eq!(records, produced, "the clean run lands every record");
+    assert_eq!(want.duplicates, 0);
+    assert_eq!(got.duplicates, 0, "records landed twice after crashes");
+    assert_eq!(missing, 0, "records lost after crashes");
+    assert_eq!(got.trades, want.trades, "trades (late flags) differ");
+    assert_eq!(got.quarantine, want.quarantine, "quarantine differs");
+    assert_eq!(bar_mismatches, 0, "bar rows differ from the clean run");
+    assert!(want.bars.iter().any(|(_, b)| b.revision > 0), "the log revises bars");
+    assert!(kills_after_a_commit >= 5, "too few kills landed after a commit: {kills_after_a_commit}");
+    assert_eq!(staged_files(&crashed.join("_stockflow/staging")), 0, "uncommitted files left behind");
+    assert_eq!(staged_files(&clean.join("_stockflow/staging")), 0);
+}
