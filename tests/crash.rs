@@ -1,6 +1,7 @@
 //! Crash safety: the job as a process on `stockflow dev-kafka`, killed with SIGKILL at random
-//! moments while the topic grows, restarted (with varying `-w`), then drained, must leave
-//! exactly the lake of one clean run: every (partition, offset) once, the same bar rows.
+//! moments while the topic grows (and now and then stopped with SIGTERM), restarted with
+//! varying `-w`, then drained, must leave exactly the lake of one clean run: every
+//! (partition, offset) once, the same bar rows.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -105,7 +106,20 @@ fn job(brokers: &str, lake: &Path, workers: usize, drain: bool) -> Command {
 }
 
 fn drain(brokers: &str, lake: &Path, workers: usize) {
-    let out = job(brokers, lake, workers, true).output().expect("drain");
+    let mut child = job(brokers, lake, workers, true).spawn().expect("drain");
+    let started = Instant::now();
+    // A drain that does not finish is a bug (a held frontier); fail instead of hanging.
+    while child.try_wait().expect("try_wait").is_none() {
+        if started.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            let copy = std::env::temp_dir().join("stockflow-crash-hung-lake");
+            let _ = Command::new("cp").arg("-r").arg(lake).arg(&copy).status();
+            panic!("drain hung (lake copied to {}): {}", copy.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("drain");
     assert!(out.status.success(), "drain failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -133,7 +147,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut market = Market::new(42);
     let mut rng = fastrand::Rng::with_seed(7);
     let crashed = dir.path().join("crashed");
-    let (mut kills, mut kills_after_a_commit, mut produced) = (0, 0, 0);
+    let (mut kills, mut kills_after_a_commit, mut produced, mut terms) = (0, 0, 0, 0);
     let mut workers_used = std::collections::BTreeSet::new();
 
     // The topic grows between runs, so every run has new records to read, window, stage and
@@ -146,6 +160,22 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         workers_used.insert(workers);
         let before = commits(&crashed);
         let mut child = job(&kafka.brokers, &crashed, workers, false).spawn().expect("job");
+        if produced % 12_500 == 0 {
+            // A graceful stop: once this run has committed, SIGTERM must commit what is
+            // complete and exit 0.
+            let waiting = Instant::now();
+            while commits(&crashed) == before {
+                assert!(child.try_wait().expect("try_wait").is_none(), "job exited before committing");
+                assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+            assert!(term.success());
+            let out = child.wait_with_output().expect("wait");
+            assert!(out.status.success(), "SIGTERM: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+            terms += 1;
+            continue;
+        }
         let deadline = Instant::now() + Duration::from_millis(rng.u64(30..1_500));
         // A run that fails on its own (rather than by the kill) is a bug: check it is alive.
         while Instant::now() < deadline {
@@ -178,7 +208,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let bar_mismatches =
         got_bars.iter().zip(&want_bars).filter(|(a, b)| a != b).count() + got_bars.len().abs_diff(want_bars.len());
     eprintln!(
-        "crash test: {kills} SIGKILLs ({kills_after_a_commit} after the run committed), -w {workers_used:?}, \
+        "crash test: {kills} SIGKILLs ({kills_after_a_commit} after the run committed), {terms} SIGTERMs, -w {workers_used:?}, \
          {produced} records produced, {records} landed, {} commits, duplicates {}, missing {missing}, \
          bar rows {} (mismatches {bar_mismatches})",
         commits(&crashed),
@@ -193,6 +223,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(got.quarantine, want.quarantine, "quarantine differs");
     assert_eq!(bar_mismatches, 0, "bar rows differ from the clean run");
     assert!(want.bars.iter().any(|(_, b)| b.revision > 0), "the log revises bars");
+    assert!(terms >= 3, "graceful stops: {terms}");
     assert!(kills_after_a_commit >= 5, "too few kills landed after a commit: {kills_after_a_commit}");
     assert_eq!(staged_files(&crashed.join("_stockflow/staging")), 0, "uncommitted files left behind");
     assert_eq!(staged_files(&clean.join("_stockflow/staging")), 0);

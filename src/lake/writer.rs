@@ -15,7 +15,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use dataflows::Time;
 use serde::{Deserialize, Serialize};
@@ -190,11 +190,15 @@ impl<C: Columns> TableFiles<C> {
 /// Called when an upload finishes, to wake the operator that reports it.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
+/// The outcome of an upload, sent before the waker is called: a woken operator must find the
+/// upload finished (a task's own completion flag is set only after it returns).
+type Upload = oneshot::Receiver<Result<(), object_store::Error>>;
+
 /// Finished files on their way to the staging area.
 pub struct FileSink {
     namer: FileNamer,
     runtime: Handle,
-    in_flight: VecDeque<(JoinHandle<Result<(), object_store::Error>>, Staged)>,
+    in_flight: VecDeque<(Upload, Staged)>,
     max_uploads: usize,
     waker: Option<Waker>,
     /// Files whose upload finished, not yet taken by [`FileSink::take_staged`].
@@ -254,31 +258,44 @@ impl FileSink {
         let store: Arc<dyn ObjectStore> = Arc::clone(&self.namer.lake.store);
         let location = self.namer.lake.path(&staged.staged);
         let waker = self.waker.clone();
-        let task = self.runtime.spawn(async move {
-            let result = store.put(&location, PutPayload::from_bytes(bytes)).await.map(|_| ());
+        let (done, upload) = oneshot::channel();
+        self.runtime.spawn(async move {
+            let _ = done.send(store.put(&location, PutPayload::from_bytes(bytes)).await.map(|_| ()));
             if let Some(wake) = waker {
                 wake();
             }
-            result
         });
-        self.in_flight.push_back((task, staged));
+        self.in_flight.push_back((upload, staged));
         Ok(())
     }
 
     fn wait_oldest(&mut self) -> Result<(), LakeError> {
-        if let Some((task, staged)) = self.in_flight.pop_front() {
-            self.runtime.block_on(task).map_err(|e| LakeError::Task(e.to_string()))??;
+        if let Some((upload, staged)) = self.in_flight.pop_front() {
+            self.runtime
+                .block_on(upload)
+                .map_err(|_| LakeError::Task("upload task ended without a result".into()))??;
             self.staged.push(staged);
         }
         Ok(())
     }
 
-    /// Reaps finished uploads without waiting, surfacing the first failure.
+    /// Reaps finished uploads without waiting, surfacing the first failure. Uploads finish
+    /// out of order; a finished one behind a slow one is reaped with it.
     pub fn reap(&mut self) -> Result<(), LakeError> {
-        while self.in_flight.front().is_some_and(|(t, _)| t.is_finished()) {
-            self.wait_oldest()?;
+        while let Some((upload, _)) = self.in_flight.front_mut() {
+            match upload.try_recv() {
+                Ok(result) => {
+                    result?;
+                    if let Some((_, staged)) = self.in_flight.pop_front() {
+                        self.staged.push(staged);
+                    }
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(LakeError::Task("upload task ended without a result".into()));
+                }
+            }
         }
-        // Uploads finish out of order; a finished one behind a slow one is reaped later.
         Ok(())
     }
 
