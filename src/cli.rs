@@ -136,7 +136,7 @@ impl JobArgs {
         Ok(JobConfig {
             kafka: self.kafka.config(),
             lake: self.lake.clone(),
-            lake_options: LakeOptions { s3_endpoint: self.s3_endpoint.clone() },
+            lake_options: LakeOptions { s3_endpoint: self.s3_endpoint.clone(), layer: None },
             time,
             sink: SinkConfig {
                 commit_interval_ms: millis(self.commit_interval),

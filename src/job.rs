@@ -338,22 +338,25 @@ fn run_worker(
     });
     // Drive the dataflow until it completes; wake-ups come from Kafka's callback, timers and
     // peers, and the park timeout bounds how long an abort by another worker goes unnoticed.
-    while worker.step_or_park(Some(Duration::from_millis(100))) {
-        if let Some(e) = source_error.borrow_mut().take() {
-            return Err(e.into());
-        }
-        if let Some(e) = sink_error.borrow_mut().take() {
-            return Err(e.into());
-        }
-        if let Some(e) = queue.as_ref().and_then(|q| q.take_error()) {
-            return Err(e.into());
-        }
-        if abort.load(Ordering::SeqCst) {
-            return Err(JobError::Aborted);
-        }
+    let mut failed: Option<JobError> = None;
+    while failed.is_none() && worker.step_or_park(Some(Duration::from_millis(100))) {
+        failed = source_error
+            .borrow_mut()
+            .take()
+            .map(JobError::from)
+            .or_else(|| sink_error.borrow_mut().take().map(JobError::from))
+            .or_else(|| queue.as_ref().and_then(|q| q.take_error()).map(JobError::from))
+            .or_else(|| abort.load(Ordering::SeqCst).then_some(JobError::Aborted));
     }
-    if let Some(e) = sink_error.borrow_mut().take() {
-        return Err(e.into());
+    if let Some(e) = failed.or_else(|| sink_error.borrow_mut().take().map(JobError::from)) {
+        // Stop like a crash: no further commit, and no dataflow left for timely to wait on.
+        if let Some(queue) = &queue {
+            queue.abort();
+        }
+        for dataflow in worker.installed_dataflows() {
+            worker.drop_dataflow(dataflow);
+        }
+        return Err(e);
     }
     let written = writer.borrow_mut().finish()?;
     let (commits, last_commit) = match &queue {

@@ -221,3 +221,76 @@ fn same_lake_from_one_worker_three_workers_and_two_processes() {
     assert_eq!(one.trades, two_procs.trades);
     drop(f.mock);
 }
+
+/// Broker faults while the job runs: failed fetches (leader moved, timeouts) from the start,
+/// then the broker down for a while and more records after it returns. The job rides them
+/// out and the lake still equals the reference of the whole log.
+#[test]
+fn broker_faults_lose_nothing() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let f = fixture(31, 20_000, 3);
+    let errors = [
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+    ];
+    f.mock.request_errors(RDKafkaApiKey::Fetch, &errors.repeat(4));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = JobConfig {
+        kafka: f.kafka.clone(),
+        lake: dir.path().to_string_lossy().into_owned(),
+        lake_options: Default::default(),
+        time: TimeConfig::default(),
+        bars: bars_config(),
+        idle_timeout: None,
+        sink: SinkConfig {
+            commit_interval_ms: 60_000,
+            bar_widths: WIDTHS.to_vec(),
+            writer: WriterConfig { rows_per_file: 5_000, ..Default::default() },
+        },
+        cluster: ClusterConfig::local(2),
+        drain: false,
+    };
+    let controls = job::Controls::default();
+    let stop = controls.stop.clone();
+    let handle = f.rt.handle().clone();
+    let job = std::thread::spawn(move || job::run(cfg, controls, handle));
+
+    // Once the job has committed through the failed fetches, take the broker away.
+    let commits = dir.path().join("_stockflow/commits");
+    let waiting = std::time::Instant::now();
+    while std::fs::read_dir(&commits).map_or(0, |d| d.count()) == 0 {
+        assert!(!job.is_finished(), "the job stopped early");
+        assert!(waiting.elapsed() < Duration::from_secs(120), "no commit through the fetch errors");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.mock.broker_down(1).expect("broker down");
+    std::thread::sleep(Duration::from_millis(1_500)); // the outage itself
+    f.mock.broker_up(1).expect("broker up");
+
+    // Records after the outage: the first 3,000 payloads again, now very late.
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &f.kafka.brokers).create().expect("producer");
+    for (p, records) in f.log.partitions.iter().enumerate() {
+        for r in records.iter().take(1_000) {
+            let mut record = BaseRecord::<(), [u8]>::to(&f.kafka.topic).partition(p as i32);
+            if let Some(payload) = &r.payload {
+                record = record.payload(payload);
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+
+    let log = read_topic(&f.kafka, 3);
+    assert_eq!(log.len(), 23_000);
+    let _ = stop.set(f.kafka.end_offsets(3).expect("ends"));
+    let report = job.join().expect("job thread").expect("job rode out the faults");
+    assert!(report.commits >= 2, "commits before and after the outage: {}", report.commits);
+    let whole = Fixture { log, ..f };
+    check_lake(&whole, dir.path());
+    drop(whole.mock);
+}

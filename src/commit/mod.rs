@@ -249,6 +249,15 @@ impl CommitQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).error.take()
     }
 
+    /// Stops committing at once, as a crash would (the next start recovers).
+    pub fn abort(&self) {
+        self.tx.borrow_mut().take();
+        if let Some(task) = self.task.borrow_mut().take() {
+            task.abort();
+            let _ = self.runtime.block_on(task);
+        }
+    }
+
     /// Waits for the queued commits; returns how many were written and the last point.
     pub fn finish(&self) -> Result<(u64, Option<Time>), CommitError> {
         self.tx.borrow_mut().take();

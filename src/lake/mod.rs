@@ -60,11 +60,25 @@ pub struct Lake {
     pub location: String,
 }
 
+/// Wraps the store a lake opens (instrumentation, throttling, fault injection in tests).
+pub type StoreLayer = Arc<dyn Fn(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> + Send + Sync>;
+
 /// How to reach an S3 lake; credentials come only from the environment or the instance role.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct LakeOptions {
     /// Endpoint of an S3-compatible store (path-style requests; `http://` allowed).
     pub s3_endpoint: Option<String>,
+    /// A layer around the store, if any.
+    pub layer: Option<StoreLayer>,
+}
+
+impl std::fmt::Debug for LakeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeOptions")
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("layer", &self.layer.as_ref().map(|_| "..."))
+            .finish()
+    }
 }
 
 /// Requests to the store are retried with backoff (throttling, 5xx, dropped connections)
@@ -83,6 +97,14 @@ impl Lake {
     /// Opens `location`: a folder, `file://…`, or `s3://bucket/prefix` (AWS credential chain
     /// from the environment: keys, web identity, instance role).
     pub fn open_with(location: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
+        let mut lake = Self::open_store(location, options)?;
+        if let Some(layer) = &options.layer {
+            lake.store = layer(lake.store);
+        }
+        Ok(lake)
+    }
+
+    fn open_store(location: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
         let folder = match location.split_once("://") {
             None => PathBuf::from(location),
             Some(("file", rest)) => PathBuf::from(rest),
