@@ -213,3 +213,62 @@ impl Tracker {
         mark
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TimeConfig;
+
+    const MIN: i64 = 60_000;
+
+    /// Reads `ts` at `offset` the way the source does; returns the record's time.
+    fn read(t: &mut Tracker, clock: &mut PartitionClock, offset: i64, ts: i64, cap: Time, commit: Time) -> Time {
+        let cfg = TimeConfig::default();
+        let bars = BarsConfig { widths: vec![60_000], horizon_ms: 60_000 };
+        let before = *clock;
+        t.before(offset, clock, &cfg, cap);
+        let time = clock.place(&cfg, ts).time;
+        t.trade(offset, expiry(&bars, ts), before);
+        t.after(offset, clock, commit);
+        time
+    }
+
+    #[test]
+    fn a_replay_applies_the_logged_raises_and_places_records_as_before() {
+        // The original run: offset 3 arrives while the worker's frontier (cap) has moved to
+        // 50m, past this partition's own (an idle partition overtaken), so it is raised.
+        let (mut t, mut clock) = Tracker::new(0, None, PartitionClock::new());
+        let cap = |o: i64| if o >= 3 { (50 * MIN) as Time } else { 0 };
+        let ts = [10 * MIN, 10 * MIN + 30_000, 11 * MIN, 49 * MIN + 30_000, 51 * MIN];
+        let original: Vec<Time> = (0..5).map(|o| read(&mut t, &mut clock, o, ts[o as usize], cap(o), 0)).collect();
+        assert_eq!(original[3], (50 * MIN) as Time, "raised to the worker's frontier");
+
+        // Commit at 50m30s after offset 4: the 49m window (1m horizon) is still alive.
+        let commit = (50 * MIN + 30_000) as Time;
+        let mark = t.mark(0, clock, Some((51 * MIN) as Time));
+        let position = mark.position(commit);
+        assert_eq!((position.resume, position.replay), (5, 3));
+        assert_eq!(position.raises, vec![(3, (50 * MIN) as Time)]);
+        // A replay from offset 3 with no live frontier to speak of gets the same times.
+        let (mut r, mut replayed) = Tracker::new(3, Some((&position, commit)), PartitionClock::new());
+        assert!(r.replaying());
+        for o in 3..5 {
+            let time = read(&mut r, &mut replayed, o, ts[o as usize], 0, commit);
+            assert_eq!(time, original[o as usize], "offset {o}");
+        }
+        assert!(!r.replaying(), "past resume the records are new");
+        // Everything read after resume is at the commit point or later.
+        assert!(read(&mut r, &mut replayed, 5, 20 * MIN, 0, commit) >= commit);
+    }
+
+    #[test]
+    fn committed_records_are_those_before_resume_below_the_commit_point() {
+        let position = Position { resume: 3, replay: 1, clock: PartitionClock::new(), raises: vec![] };
+        let (t, _) = Tracker::new(1, Some((&position, 1_000)), PartitionClock::new());
+        assert!(t.committed(999, 1_000));
+        assert!(!t.committed(1_000, 1_000));
+        let (t, clock) = Tracker::new(3, Some((&position, 1_000)), PartitionClock::new());
+        assert!(!t.committed(0, 1_000), "nothing from resume on is committed");
+        assert_eq!(clock.frontier(&crate::TimeConfig::default()), 1_000);
+    }
+}

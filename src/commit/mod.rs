@@ -373,3 +373,97 @@ pub fn committer<'scope>(
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use dataflows::resume::Position;
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            topic: "trades".into(),
+            window_ms: 60_000,
+            lateness_ms: 5_000,
+            bar_widths_ms: vec![60_000],
+            horizon_ms: 3_600_000,
+            commit_interval_ms: 60_000,
+        }
+    }
+
+    fn staged(lake: &Lake, rt: &tokio::runtime::Runtime, name: &str, epoch: Time) -> Staged {
+        let file = Staged {
+            epoch,
+            staged: format!("{STAGING}/run/trades/dt=2025-11-24/hour=14/{name}"),
+            path: format!("trades/dt=2025-11-24/hour=14/{name}"),
+            rows: 1,
+            bytes: 3,
+        };
+        rt.block_on(lake.store.put(&lake.path(&file.staged), PutPayload::from_static(b"abc"))).expect("stage");
+        file
+    }
+
+    fn record(commit: Time, files: Vec<Staged>) -> CommitRecord {
+        let position = Position { resume: 10, replay: 4, clock: PartitionClock::new(), raises: vec![(5, 60_000)] };
+        CommitRecord::template(settings()).for_commit(commit, BTreeMap::from([(0, position)]), files)
+    }
+
+    fn exists(lake: &Lake, rt: &tokio::runtime::Runtime, path: &str) -> bool {
+        rt.block_on(lake.store.head(&lake.path(path))).is_ok()
+    }
+
+    #[test]
+    fn recovery_finishes_the_moves_of_the_newest_commit_and_clears_staging() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let (a, b) = (staged(&lake, &rt, "a.parquet", 60_000), staged(&lake, &rt, "b.parquet", 120_000));
+        let uncommitted = staged(&lake, &rt, "c.parquet", 180_000);
+        // A crash between the record and the moves: one file moved, one not.
+        let newest = record(120_000, vec![a.clone(), b.clone()]);
+        let body = serde_json::to_vec(&newest).expect("json");
+        rt.block_on(lake.store.put(&lake.path(&format!("{COMMITS}/{}", newest.name())), body.into())).expect("put");
+        rt.block_on(lake.store.rename(&lake.path(&a.staged), &lake.path(&a.path))).expect("move a");
+
+        let recovery = rt.block_on(recover(&lake, &settings())).expect("recover");
+        assert_eq!(recovery.committed(), 120_000);
+        assert_eq!(recovery.last.as_ref(), Some(&newest), "the record round-trips");
+        assert!(exists(&lake, &rt, &a.path) && exists(&lake, &rt, &b.path), "both files in the table");
+        assert!(!exists(&lake, &rt, &uncommitted.staged), "uncommitted output is discarded");
+        assert!(!exists(&lake, &rt, &uncommitted.path));
+        assert_eq!(recovery.starts(), HashMap::from([(0, 4)]));
+        let resume = recovery.resume().expect("resume");
+        assert_eq!(resume.partitions[&0].raises, vec![(5, 60_000)]);
+    }
+
+    #[test]
+    fn a_second_writer_of_a_commit_fails_instead_of_overwriting() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let first = record(60_000, vec![staged(&lake, &rt, "a.parquet", 60_000)]);
+        rt.block_on(commit(&lake, &first)).expect("first commit");
+        let second = record(60_000, vec![staged(&lake, &rt, "b.parquet", 60_000)]);
+        let err = rt.block_on(commit(&lake, &second)).expect_err("second commit");
+        assert!(matches!(err, CommitError::Conflict(_)), "{err}");
+        assert!(exists(&lake, &rt, "trades/dt=2025-11-24/hour=14/a.parquet"));
+        assert!(!exists(&lake, &rt, "trades/dt=2025-11-24/hour=14/b.parquet"), "the loser moved nothing");
+    }
+
+    #[test]
+    fn other_settings_and_finalised_lakes_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        rt.block_on(commit(&lake, &record(60_000, vec![]))).expect("commit");
+        let other = Settings { lateness_ms: 10_000, bar_widths_ms: vec![60_000, 300_000], ..settings() };
+        let err = rt.block_on(recover(&lake, &other)).expect_err("other settings");
+        assert_eq!(
+            err.to_string(),
+            "the lake was written with --lateness 5s --bars 1m; run with the same settings or use a new lake"
+        );
+        rt.block_on(commit(&lake, &record(Time::MAX, vec![]))).expect("final commit");
+        assert!(matches!(rt.block_on(recover(&lake, &settings())), Err(CommitError::Final)));
+    }
+}
