@@ -119,6 +119,9 @@ pub struct JobArgs {
     /// Rows per Parquet file before it is rolled.
     #[arg(long, default_value_t = 2_000_000)]
     pub rows_per_file: usize,
+    /// Size of a Parquet file before it is rolled (e.g. 256MiB, 64MB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
+    pub bytes_per_file: usize,
     /// Read up to the end offsets seen at start, write everything, and exit.
     #[arg(long)]
     pub drain: bool,
@@ -141,7 +144,11 @@ impl JobArgs {
             sink: SinkConfig {
                 commit_interval_ms: millis(self.commit_interval),
                 bar_widths: bars.widths.clone(),
-                writer: WriterConfig { rows_per_file: self.rows_per_file.max(1), ..Default::default() },
+                writer: WriterConfig {
+                    rows_per_file: self.rows_per_file.max(1),
+                    bytes_per_file: self.bytes_per_file.max(1),
+                    ..Default::default()
+                },
             },
             bars,
             idle_timeout: Some(self.idle_timeout),
@@ -280,6 +287,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Parses a size such as `256MiB`, `64MB`, `1GiB` or a plain byte count.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: usize = number.parse().map_err(|_| format!("'{s}': expected a size such as 256MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("'{s}': unknown unit '{other}' (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err(format!("'{s}' must be positive")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{s}' is too large")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +340,10 @@ mod tests {
         assert_eq!(cli.job.lateness, Duration::from_millis(500));
         assert!(Cli::try_parse_from(["stockflow", "-X", "novalue"]).is_err());
         assert!(Cli::try_parse_from(["stockflow", "--window", "0s"]).is_err());
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("64MB"), Ok(64_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err() && parse_bytes("12 parsecs").is_err() && parse_bytes("MiB").is_err());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct DemoSummary {
     pub files: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Commits written (the last one final).
+    pub commits: u64,
     /// Wall time from start to verified lake.
     pub elapsed: Duration,
     /// Records per second end to end.
@@ -144,6 +146,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let mut summary = runtime.block_on(verify(&lake, &watermarks, ingested.delivered, window.window_ms))?;
     summary.files = report.written.files;
     summary.bytes = report.written.bytes;
+    summary.commits = report.commits;
     summary.elapsed = started.elapsed();
     summary.rate = summary.produced as f64 / summary.elapsed.as_secs_f64();
     drop(mock);
@@ -220,7 +223,7 @@ pub fn print(summary: &DemoSummary, lake: &Path) {
     let quarantined: u64 = summary.quarantined.values().sum();
     println!(
         "stockflow demo: {} records produced, {} trades + {} quarantined landed exactly once ({} late); \
-         {} bars ({} revisions) over {} symbols; {} files, {:.1} MiB; {:.0} records/s; {:.1}s",
+         {} bars ({} revisions) over {} symbols; {} files, {:.1} MiB in {} commits; {:.0} records/s; {:.1}s",
         summary.produced,
         summary.trades,
         quarantined,
@@ -230,6 +233,7 @@ pub fn print(summary: &DemoSummary, lake: &Path) {
         summary.bar_symbols,
         summary.files,
         summary.bytes as f64 / (1024.0 * 1024.0),
+        summary.commits,
         summary.rate,
         summary.elapsed.as_secs_f64()
     );

@@ -28,6 +28,8 @@ use super::{Lake, LakeError, STAGING, Table, partition_path};
 pub struct WriterConfig {
     /// A file is closed once it holds this many rows.
     pub rows_per_file: usize,
+    /// … or once its encoded size reaches this many bytes.
+    pub bytes_per_file: usize,
     /// Rows buffered in Arrow builders before they are encoded into the open file.
     pub batch_rows: usize,
     /// Uploads in flight per worker before the worker waits for the oldest.
@@ -40,7 +42,13 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { rows_per_file: 2_000_000, batch_rows: 64 * 1024, max_uploads: 4, max_open_files: 64 }
+        WriterConfig {
+            rows_per_file: 2_000_000,
+            bytes_per_file: 256 << 20,
+            batch_rows: 64 * 1024,
+            max_uploads: 4,
+            max_open_files: 64,
+        }
     }
 }
 
@@ -165,7 +173,8 @@ impl<C: Columns> TableFiles<C> {
             file.rows += file.columns.len();
             let batch = file.columns.finish()?;
             file.writer.write(&batch)?;
-            if file.rows >= self.config.rows_per_file {
+            let bytes = file.writer.bytes_written() + file.writer.in_progress_size();
+            if file.rows >= self.config.rows_per_file || bytes >= self.config.bytes_per_file {
                 if let Some(file) = self.open.remove(&key) {
                     out.store(&self.table, key, file)?;
                 }
@@ -326,6 +335,28 @@ mod tests {
             kafka_ts: Some(offset * HOUR_MS),
             time: 0,
         }
+    }
+
+    #[test]
+    fn files_roll_by_size() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let files_for = |bytes_per_file: usize| {
+            let config = WriterConfig { bytes_per_file, batch_rows: 10, ..Default::default() };
+            let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
+            let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+            for i in 0..200 {
+                files.push(60_000, 0, &row(i), &mut out).expect("push");
+            }
+            files.close_through(60_000, &mut out).expect("close");
+            out.finish().expect("uploads");
+            out.take_staged()
+        };
+        assert_eq!(files_for(usize::MAX).len(), 1);
+        let small = files_for(1 << 10);
+        assert!(small.len() >= 3, "a 1 KiB cap rolls files: {}", small.len());
+        assert_eq!(small.iter().map(|f| f.rows).sum::<u64>(), 200);
     }
 
     #[test]
