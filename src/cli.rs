@@ -44,6 +44,71 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Run librdkafka's mock cluster as a broker of its own, for development and tests.
     DevKafka(DevKafkaArgs),
+    /// Generate the Glue table inputs and Athena DDL, views and queries from the lake's schema.
+    Catalog(CatalogArgs),
+    /// Run SQL over a lake with the Athena tables and views (DataFusion).
+    Sql(SqlArgs),
+}
+
+/// Flags of `stockflow catalog`.
+#[derive(Debug, Args, Clone)]
+pub struct CatalogArgs {
+    /// Glue/Athena database name.
+    #[arg(long, default_value = "stockflow")]
+    pub database: String,
+    /// Where the lake lives in S3.
+    #[arg(long, default_value = crate::catalog::EXAMPLE_LOCATION)]
+    pub location: String,
+    /// Folder to write `glue/` and `athena/` into.
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// Bar widths the job writes (one table each), as the job's `--bars`.
+    #[arg(long, value_delimiter = ',', default_value = "1m", value_parser = parse_duration)]
+    pub bars: Vec<Duration>,
+    /// First day partition projection covers (YYYY-MM-DD).
+    #[arg(long, default_value = "2000-01-01")]
+    pub projection_start: String,
+}
+
+impl CatalogArgs {
+    /// The generator's configuration.
+    pub fn config(&self) -> crate::catalog::CatalogConfig {
+        crate::catalog::CatalogConfig {
+            database: self.database.clone(),
+            location: self.location.clone(),
+            bar_widths: self.bars.iter().map(|d| millis(*d)).collect(),
+            projection_start: self.projection_start.clone(),
+        }
+    }
+}
+
+/// Output format of `stockflow sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqlFormat {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// Flags of `stockflow sql`.
+#[derive(Debug, Args, Clone)]
+pub struct SqlArgs {
+    /// The query (or use --file).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub query: Option<String>,
+    /// A file holding the query, e.g. athena/queries/daily_ohlcv.sql.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
+    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
+    pub lake: String,
+    /// Endpoint of an S3-compatible store (path-style requests).
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+    pub format: SqlFormat,
 }
 
 /// Flags of `stockflow dev-kafka`.

@@ -1,6 +1,7 @@
 //! stockflow's application shell: the CLI, the Kafka source, ingest, the simulator, the lake
 //! sink and the demo, wired around the pure compute of the `dataflows` crate.
 
+pub mod catalog;
 pub mod cli;
 pub mod commit;
 pub mod demo;
@@ -11,3 +12,4 @@ pub mod lake;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod sql;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use clap::error::ErrorKind;
-use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs};
+use std::io::Write;
+
+use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs, SqlArgs, SqlFormat};
 use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
@@ -65,7 +67,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Ingest(args)) => run_ingest(args),
         Some(Command::DevKafka(args)) => dev_kafka(args),
+        Some(Command::Catalog(args)) => {
+            let written = stockflow::catalog::write(&args.config(), &args.out)?;
+            println!("stockflow catalog: {} files under {}", written.len(), args.out.display());
+            Ok(())
+        }
+        Some(Command::Sql(args)) => sql(args),
     }
+}
+
+fn sql(args: SqlArgs) -> anyhow::Result<()> {
+    let query = match (&args.query, &args.file) {
+        (Some(q), _) => q.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, None) => anyhow::bail!("give a query or --file"),
+    };
+    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
+    let batches = runtime()?.block_on(async {
+        let engine = stockflow::sql::SqlEngine::open(&args.lake, &options).await?;
+        engine.query(&query).await
+    })?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        SqlFormat::Table => {
+            let table = arrow::util::pretty::pretty_format_batches(&batches).context("formatting the result")?;
+            writeln!(out, "{table}")?;
+        }
+        SqlFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut out);
+            for batch in &batches {
+                writer.write(batch).context("writing CSV")?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_job(args: JobArgs) -> anyhow::Result<()> {
@@ -165,7 +200,6 @@ fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
         std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{brokers}");
-    use std::io::Write;
     std::io::stdout().flush().ok();
     tracing::info!(%brokers, topic = %args.topic, partitions = args.partitions, "dev kafka up; Ctrl-C or SIGTERM stops it");
     runtime()?.block_on(shutdown_signal())?;
