@@ -48,6 +48,22 @@ pub enum Command {
     Catalog(CatalogArgs),
     /// Run SQL over a lake with the Athena tables and views (DataFusion).
     Sql(SqlArgs),
+    /// Show a lake's last commit, resume offsets, files per recent hour and quarantine reasons.
+    Status(StatusArgs),
+}
+
+/// Flags of `stockflow status`.
+#[derive(Debug, Args, Clone)]
+pub struct StatusArgs {
+    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
+    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
+    pub lake: String,
+    /// Endpoint of an S3-compatible store (path-style requests).
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `stockflow catalog`.

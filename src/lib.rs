@@ -13,3 +13,4 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod sql;
+pub mod status;

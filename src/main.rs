@@ -10,7 +10,7 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use std::io::Write;
 
-use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs, SqlArgs, SqlFormat};
+use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs, SqlArgs, SqlFormat, StatusArgs};
 use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
@@ -73,7 +73,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Sql(args)) => sql(args),
+        Some(Command::Status(args)) => status(args),
     }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    if !args.lake.contains("://") && !std::path::Path::new(&args.lake).is_dir() {
+        anyhow::bail!("no lake at {}", args.lake);
+    }
+    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
+    let lake = stockflow::lake::Lake::open_with(&args.lake, &options)?;
+    let status = runtime()?.block_on(async {
+        lake.check_access().await?;
+        anyhow::Ok(stockflow::status::status(&lake).await?)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", stockflow::status::render(&status));
+    }
+    Ok(())
 }
 
 fn sql(args: SqlArgs) -> anyhow::Result<()> {

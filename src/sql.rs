@@ -5,7 +5,7 @@
 //! Glue definitions declare; the views are created from the same text `stockflow catalog`
 //! writes. Athena's dialect is translated only where DataFusion reads it differently.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
@@ -46,6 +46,15 @@ pub struct SqlEngine {
 impl SqlEngine {
     /// Opens `location` and registers its tables and views.
     pub async fn open(location: &str, options: &LakeOptions) -> Result<Self, SqlError> {
+        let local = match location.split_once("://") {
+            None => Some(location),
+            Some(("file", path)) => Some(path),
+            Some(_) => None,
+        };
+        if let Some(path) = local.filter(|p| !Path::new(p).is_dir()) {
+            // Opening a lake for writing creates its folder; a query must not.
+            return Err(SqlError::Query(format!("no lake at {path}")));
+        }
         let lake = Lake::open_with(location, options)?;
         lake.check_access().await?;
         let ctx = SessionContext::new();

@@ -370,3 +370,55 @@ fn check_types_and_projection(lake: &Path) {
         }
     }
 }
+
+#[test]
+fn status_json_matches_the_lake() {
+    let f = Fixture::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["status", "--json", "--lake"])
+        .arg(&f.lake)
+        .output()
+        .expect("status");
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+
+    let commits = std::fs::read_dir(f.lake.join("_stockflow/commits")).expect("commit log").count();
+    assert_eq!(status["commits"], commits);
+    let last = &status["last_commit"];
+    assert_eq!(last["is_final"], true, "the demo drains");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let lake = Lake::open(&f.lake.to_string_lossy()).expect("lake");
+    let trades = rt.block_on(read::read_table(&lake, &Table::Trades)).expect("trades");
+    let quarantine = rt.block_on(read::read_table(&lake, &Table::Quarantine)).expect("quarantine");
+    let records: usize = trades.iter().chain(&quarantine).map(|b| b.num_rows()).sum();
+    // The demo's topic starts at offset 0: resume offsets of a drained lake add up to its records.
+    let resumed: i64 =
+        last["resume_offsets"].as_object().expect("offsets").values().map(|v| v.as_i64().expect("offset")).sum();
+    assert_eq!(resumed as usize, records);
+
+    for table in status["tables"].as_array().expect("tables") {
+        let name = table["name"].as_str().expect("name");
+        let files: Vec<PathBuf> =
+            walk(&f.lake.join(name)).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+        let bytes: u64 = files.iter().map(|p| std::fs::metadata(p).expect("size").len()).sum();
+        assert_eq!(
+            (table["files"].as_u64(), table["bytes"].as_u64()),
+            (Some(files.len() as u64), Some(bytes)),
+            "{name}"
+        );
+        let newest = files
+            .iter()
+            .filter_map(|p| {
+                let rel = p.strip_prefix(f.lake.join(name)).ok()?.parent()?;
+                Some(rel.to_string_lossy().into_owned())
+            })
+            .max();
+        assert_eq!(table["newest_partition"].as_str().map(String::from), newest, "{name}");
+    }
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for r in read::reasons(&quarantine).expect("reasons") {
+        *by_reason.entry(r).or_default() += 1;
+    }
+    let got: BTreeMap<String, u64> = serde_json::from_value(status["quarantine_by_reason"].clone()).expect("reasons");
+    assert_eq!(got, by_reason);
+}

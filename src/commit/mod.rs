@@ -102,21 +102,7 @@ impl Recovery {
 /// lake was written with other settings or was finalised.
 pub async fn read_newest(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
     let mut recovery = Recovery::default();
-    let newest = lake
-        .store
-        .list(Some(&lake.path(COMMITS)))
-        .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".json")))
-        .try_fold(None, |newest: Option<object_store::path::Path>, m| async move {
-            Ok(Some(match newest {
-                Some(n) if n > m.location => n,
-                _ => m.location,
-            }))
-        })
-        .await?;
-    if let Some(location) = newest {
-        let bytes = lake.store.get(&location).await?.bytes().await?;
-        let record: CommitRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| CommitError::Corrupt { path: location.to_string(), reason: e.to_string() })?;
+    if let Some(record) = newest(lake).await? {
         if let Some(difference) = record.settings.difference(settings) {
             return Err(CommitError::Settings(difference));
         }
@@ -126,6 +112,27 @@ pub async fn read_newest(lake: &Lake, settings: &Settings) -> Result<Recovery, C
         recovery.last = Some(record);
     }
     Ok(recovery)
+}
+
+/// The commit log's newest record and how many records the log holds.
+pub async fn newest(lake: &Lake) -> Result<Option<CommitRecord>, CommitError> {
+    Ok(log(lake).await?.1)
+}
+
+/// The number of commit records and the newest one.
+pub async fn log(lake: &Lake) -> Result<(usize, Option<CommitRecord>), CommitError> {
+    let records: Vec<object_store::path::Path> = lake
+        .store
+        .list(Some(&lake.path(COMMITS)))
+        .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".json")))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await?;
+    let Some(location) = records.iter().max() else { return Ok((0, None)) };
+    let bytes = lake.store.get(location).await?.bytes().await?;
+    let record: CommitRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| CommitError::Corrupt { path: location.to_string(), reason: e.to_string() })?;
+    Ok((records.len(), Some(record)))
 }
 
 /// Brings the lake to its newest commit: finishes that commit's moves and deletes every other
