@@ -193,7 +193,16 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     };
     let mut starts = recovery.starts();
     for (p, (low, _)) in &watermarks {
-        starts.entry(*p).or_insert(*low);
+        match starts.get(p) {
+            // Records the restart needs were deleted by retention while the job was down.
+            Some(&replay) if replay < *low => {
+                return Err(JobError::Kafka(KafkaSetupError::Retention { partition: *p, replay, low: *low }));
+            }
+            Some(_) => {}
+            None => {
+                starts.insert(*p, *low);
+            }
+        }
     }
     let stop = controls.stop.clone();
     if cfg.drain {

@@ -33,6 +33,19 @@ pub enum KafkaSetupError {
         /// The bootstrap list.
         brokers: String,
     },
+    /// The log no longer holds records a restart must replay.
+    #[error(
+        "partition {partition} must be replayed from offset {replay}, but the topic now starts at {low} (retention \
+         deleted records while the job was down; raise the topic's retention above the revision horizon)"
+    )]
+    Retention {
+        /// The partition.
+        partition: i32,
+        /// Where the restart must read from.
+        replay: i64,
+        /// The partition's first offset.
+        low: i64,
+    },
 }
 
 /// Where the trades topic lives, plus extra librdkafka properties (`-X key=value`).

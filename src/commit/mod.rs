@@ -165,8 +165,10 @@ async fn move_files(lake: &Lake, files: &[Staged]) -> Result<(), CommitError> {
             Ok(()) => {}
             Err(object_store::Error::NotFound { .. }) => {
                 // Moved before a crash: it must be in its table now.
-                if lake.store.head(&to).await.is_err() {
-                    return Err(CommitError::Missing(file.path.clone()));
+                match lake.store.head(&to).await {
+                    Ok(_) => {}
+                    Err(object_store::Error::NotFound { .. }) => return Err(CommitError::Missing(file.path.clone())),
+                    Err(e) => return Err(e.into()),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -199,6 +201,7 @@ pub struct CommitQueue {
     task: RefCell<Option<tokio::task::JoinHandle<()>>>,
     runtime: Handle,
     state: Arc<Mutex<QueueState>>,
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the commit task has done.
@@ -215,8 +218,13 @@ impl CommitQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitRecord>();
         let state = Arc::new(Mutex::new(QueueState::default()));
         let shared = Arc::clone(&state);
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::clone(&stopped);
         let task = runtime.spawn(async move {
             while let Some(record) = rx.recv().await {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let started = std::time::Instant::now();
                 let result = commit(&lake, &record).await;
                 let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,7 +250,7 @@ impl CommitQueue {
                 }
             }
         });
-        CommitQueue { tx: RefCell::new(Some(tx)), task: RefCell::new(Some(task)), runtime, state }
+        CommitQueue { tx: RefCell::new(Some(tx)), task: RefCell::new(Some(task)), runtime, state, stopped }
     }
 
     fn send(&self, record: CommitRecord) {
@@ -253,14 +261,19 @@ impl CommitQueue {
 
     /// The first failure, if any (taken).
     pub fn take_error(&self) -> Option<CommitError> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).error.take()
+        let error = self.state.lock().unwrap_or_else(|e| e.into_inner()).error.take();
+        // A task that ended while the queue is open died (a panic): nothing would commit again.
+        let died = self.tx.borrow().is_some() && self.task.borrow().as_ref().is_some_and(|t| t.is_finished());
+        error.or_else(|| died.then(|| LakeError::Task("the commit task stopped".into()).into()))
     }
 
-    /// Stops committing at once, as a crash would (the next start recovers).
+    /// Stops committing: queued commits are dropped, a commit in flight finishes (its record
+    /// and moves may be in the store already, so it must not outlive the job), as after a
+    /// crash the next start recovers.
     pub fn abort(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.tx.borrow_mut().take();
         if let Some(task) = self.task.borrow_mut().take() {
-            task.abort();
             let _ = self.runtime.block_on(task);
         }
     }

@@ -294,8 +294,9 @@ impl FileSink {
         while let Some((upload, _)) = self.in_flight.front_mut() {
             match upload.try_recv() {
                 Ok(result) => {
+                    let done = self.in_flight.pop_front();
                     result?;
-                    if let Some((_, staged)) = self.in_flight.pop_front() {
+                    if let Some((_, staged)) = done {
                         self.staged.push(staged);
                     }
                 }
