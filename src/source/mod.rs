@@ -66,9 +66,6 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             // Records that vanished before we read them are a loss to report, not to skip.
             .set("auto.offset.reset", "error")
-            // End-of-partition events tell a drain it has everything below its stop offset
-            // even when no record sits right below it (a compacted or transactional tail).
-            .set("enable.partition.eof", "true")
             .create()
             .map_err(KafkaSetupError::Config)?;
         let mut assignment = TopicPartitionList::new();
@@ -148,13 +145,7 @@ impl RecordSource for KafkaSource {
                     }
                     delivered += 1;
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    // The partition's end, after every record before it (one queue, in order):
-                    // everything below the stop offset (an older end) has been delivered.
-                    if let (Some(stop), Some(next)) = (end.and_then(|e| e.get(&p)), self.next.get_mut(&p)) {
-                        *next = (*next).max(*stop);
-                    }
-                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if is_fatal(&e) => {
                     return Err(SourceError::Consume { partition: None, source: e });
                 }
