@@ -123,12 +123,11 @@ fn check_lake(f: &Fixture, dir: &Path) -> Landed {
     landed
 }
 
-fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
-    let f = fixture(seed, records, partitions);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = JobConfig {
+/// The in-process job on the fixture's topic, writing `lake`.
+fn job_config(f: &Fixture, lake: &Path, workers: usize, drain: bool) -> JobConfig {
+    JobConfig {
         kafka: f.kafka.clone(),
-        lake: dir.path().to_string_lossy().into_owned(),
+        lake: lake.to_string_lossy().into_owned(),
         lake_options: Default::default(),
         time: TimeConfig::default(),
         bars: bars_config(),
@@ -139,8 +138,14 @@ fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
             writer: WriterConfig { rows_per_file: 5_000, ..Default::default() },
         },
         cluster: ClusterConfig::local(workers),
-        drain: true,
-    };
+        drain,
+    }
+}
+
+fn run_in_process(seed: u64, records: u64, partitions: i32, workers: usize) {
+    let f = fixture(seed, records, partitions);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = job_config(&f, dir.path(), workers, true);
     let report = job::run(cfg, job::Controls::default(), f.rt.handle().clone()).expect("job");
     assert!(report.written.files > 0);
     let landed = check_lake(&f, dir.path());
@@ -239,21 +244,7 @@ fn broker_faults_lose_nothing() {
     f.mock.request_errors(RDKafkaApiKey::Fetch, &errors.repeat(4));
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = JobConfig {
-        kafka: f.kafka.clone(),
-        lake: dir.path().to_string_lossy().into_owned(),
-        lake_options: Default::default(),
-        time: TimeConfig::default(),
-        bars: bars_config(),
-        idle_timeout: None,
-        sink: SinkConfig {
-            commit_interval_ms: 60_000,
-            bar_widths: WIDTHS.to_vec(),
-            writer: WriterConfig { rows_per_file: 5_000, ..Default::default() },
-        },
-        cluster: ClusterConfig::local(2),
-        drain: false,
-    };
+    let cfg = job_config(&f, dir.path(), 2, false);
     let controls = job::Controls::default();
     let stop = controls.stop.clone();
     let handle = f.rt.handle().clone();

@@ -36,8 +36,13 @@ pub struct Crossing {
 impl Crossing {
     /// Whether commit point `t` lies in `(from, to]`.
     pub fn covers(&self, t: Time) -> bool {
-        self.from < t && self.to.is_none_or(|to| t <= to)
+        covers(self.from, self.to, t)
     }
+}
+
+/// Whether commit point `t` lies in a frontier move `(from, to]` (`to = None`: end of log).
+pub fn covers(from: Time, to: Option<Time>, t: Time) -> bool {
+    from < t && to.is_none_or(|to| t <= to)
 }
 
 /// One partition's state when its source's frontier moved.

@@ -372,7 +372,7 @@ pub fn committer<'scope>(
                     .iter()
                     .filter_map(|(p, ms)| {
                         ms.iter()
-                            .find(|(from, to, _)| *from < point && to.is_none_or(|to| point <= to))
+                            .find(|(from, to, _)| dataflows::resume::covers(*from, *to, point))
                             .map(|(_, _, m)| (*p, m.position(point)))
                     })
                     .collect();
