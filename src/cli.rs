@@ -25,6 +25,10 @@ pub struct Cli {
     /// Print help (`-h` is timely's host file).
     #[arg(long, action = ArgAction::Help, global = true)]
     pub help: Option<bool>,
+    /// Validate the flags and configuration, print what would run, and exit without
+    /// connecting to anything (for deployment files and CI).
+    #[arg(long, global = true)]
+    pub check_config: bool,
     /// What to run (default: the job).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -50,6 +54,65 @@ pub enum Command {
     Sql(SqlArgs),
     /// Show a lake's last commit, resume offsets, files per recent hour and quarantine reasons.
     Status(StatusArgs),
+    /// Draw a candlestick chart with volume of one symbol's bars as SVG.
+    Plot(PlotArgs),
+}
+
+/// Flags of `stockflow plot`.
+#[derive(Debug, Args, Clone)]
+pub struct PlotArgs {
+    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
+    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
+    pub lake: String,
+    /// Endpoint of an S3-compatible store (path-style requests).
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The symbol to draw.
+    #[arg(long)]
+    pub symbol: String,
+    /// First bar to draw: RFC 3339 time or YYYY-MM-DD (UTC).
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<i64>,
+    /// Draw bars starting before this time: RFC 3339 time or YYYY-MM-DD (UTC).
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<i64>,
+    /// Bar width (which bars table to read).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub bars: Duration,
+    /// Output SVG file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1200)]
+    pub width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 700)]
+    pub height: u32,
+}
+
+impl PlotArgs {
+    /// What to draw.
+    pub fn config(&self) -> crate::plot::PlotConfig {
+        crate::plot::PlotConfig {
+            symbol: self.symbol.clone(),
+            width_ms: millis(self.bars),
+            from_ms: self.from,
+            to_ms: self.to,
+            size: (self.width.max(200), self.height.max(150)),
+        }
+    }
+}
+
+/// Parses an RFC 3339 time or a UTC date (`2025-11-24`) to ms since the epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| format!("'{s}': expected an RFC 3339 time (2025-11-24T14:00:00Z) or a date (2025-11-24)"))
 }
 
 /// Flags of `stockflow status`.
@@ -206,6 +269,9 @@ pub struct JobArgs {
     /// Read up to the end offsets seen at start, write everything, and exit.
     #[arg(long)]
     pub drain: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9100; off by default).
+    #[arg(long, env = "STOCKFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl JobArgs {
@@ -333,8 +399,12 @@ pub struct SimulateArgs {
 pub struct IngestArgs {
     /// Websocket URL of Finnhub or a compatible server (`stockflow simulate` listens on
     /// ws://127.0.0.1:8765). The token comes from FINNHUB_TOKEN.
-    #[arg(long, default_value = "wss://ws.finnhub.io")]
+    #[arg(long, env = "STOCKFLOW_FEED_URL", default_value = "wss://ws.finnhub.io")]
     pub url: String,
+    /// Feed to read instead when FINNHUB_TOKEN is not set, e.g. a `stockflow simulate`
+    /// server (without it, Finnhub without a token is an error).
+    #[arg(long, env = "STOCKFLOW_FALLBACK_URL")]
+    pub fallback_url: Option<String>,
     /// Symbols to subscribe to, comma separated.
     #[arg(long, value_delimiter = ',')]
     pub symbols: Vec<String>,
@@ -357,6 +427,24 @@ pub struct IngestArgs {
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9101; off by default).
+    #[arg(long, env = "STOCKFLOW_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl IngestArgs {
+    /// The feed to read and the token to read it with: Finnhub needs a token, and without
+    /// one the fallback feed (if any) is read instead.
+    pub fn feed(&self, token: Option<String>) -> Result<(String, Option<String>), String> {
+        match (token, &self.fallback_url) {
+            (Some(token), _) => Ok((self.url.clone(), Some(token))),
+            (None, Some(fallback)) => Ok((fallback.clone(), None)),
+            (None, None) if self.url.contains("finnhub.io") => {
+                Err("FINNHUB_TOKEN is not set: Finnhub's websocket needs an API token".into())
+            }
+            (None, None) => Ok((self.url.clone(), None)),
+        }
+    }
 }
 
 /// Parses `500ms`, `5s`, `1m`, `1h`.

@@ -124,6 +124,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let job_stop = Arc::clone(&stop);
     let handle = runtime.handle().clone();
     let controls = job::Controls { stop: job_stop, ..Default::default() };
+    let progress = crate::progress::Progress::start(controls.metrics.clone(), Some(args.trades));
     let job = std::thread::spawn(move || job::run(job_cfg, controls, handle));
 
     let ingest_cfg = IngestConfig::new(url, universe(args.symbols), kafka.clone());
@@ -140,7 +141,9 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     };
     let watermarks = kafka.watermarks(partitions)?;
     let _ = stop.set(crate::kafka::ends(&watermarks));
-    let report = job.join().map_err(|_| anyhow::anyhow!("the job thread panicked"))??;
+    let report = job.join().map_err(|_| anyhow::anyhow!("the job thread panicked"));
+    progress.finish();
+    let report = report??;
 
     let lake = Lake::open(&args.lake.to_string_lossy())?;
     let mut summary = runtime.block_on(verify(&lake, &watermarks, ingested.delivered, window.window_ms))?;

@@ -24,6 +24,7 @@ use crate::commit::{
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
 use crate::lake::{Lake, LakeError, LakeOptions};
+use crate::metrics::JobMetrics;
 use crate::sink::{LakeWriter, SinkConfig, lake_sink};
 use crate::source::{KafkaSource, SourceError, StopAt};
 
@@ -158,6 +159,8 @@ pub struct Controls {
     pub stop: StopAt,
     /// Graceful stop (SIGTERM): read nothing more, commit what is complete, exit.
     pub pause: Arc<AtomicBool>,
+    /// Where the job's figures go (served on `--metrics-addr`, shown by the progress line).
+    pub metrics: JobMetrics,
 }
 
 /// What the job did.
@@ -223,6 +226,7 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     let board = Arc::new(WatermarkBoard::default());
     let recovered = recovery.committed();
     let pause = Arc::clone(&controls.pause);
+    let metrics = controls.metrics.clone();
     let guards = timely::execute(timely_config, move |worker| {
         let shared = Shared {
             lake: &lake,
@@ -234,6 +238,7 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
             starts: &starts,
             pause: &pause,
             run: &run_id,
+            metrics: &metrics,
         };
         let result = run_worker(worker, &cfg, partitions, shared);
         if result.is_err() {
@@ -279,6 +284,7 @@ struct Shared<'a> {
     starts: &'a HashMap<i32, i64>,
     pause: &'a Arc<AtomicBool>,
     run: &'a str,
+    metrics: &'a JobMetrics,
 }
 
 /// What one worker did.
@@ -288,18 +294,21 @@ struct WorkerReport {
     last_commit: Option<Time>,
 }
 
-/// Commits the Kafka offsets of each commit's resume positions, for lag monitoring only:
-/// where the job restarts is decided by the commit records, never by these.
-fn offset_committer(cfg: &KafkaConfig) -> Option<AfterCommit> {
-    let consumer: BaseConsumer = cfg
+/// After each commit: counts it, and commits the Kafka offsets of its resume positions for
+/// lag monitoring only (where the job restarts is decided by the commit records, never by
+/// these).
+fn after_commit(cfg: &KafkaConfig, metrics: JobMetrics) -> AfterCommit {
+    let consumer: Option<BaseConsumer> = cfg
         .client_config()
         .set("group.id", "stockflow")
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| tracing::warn!(error = %e, "no consumer for offset commits; lag monitoring is off"))
-        .ok()?;
+        .ok();
     let topic = cfg.topic.clone();
-    Some(Box::new(move |record: &CommitRecord| {
+    Box::new(move |record: &CommitRecord, took: Duration| {
+        metrics.commit(record.commit, took);
+        let Some(consumer) = &consumer else { return };
         let mut tpl = TopicPartitionList::new();
         for (p, pos) in &record.partitions {
             let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(pos.resume));
@@ -307,7 +316,7 @@ fn offset_committer(cfg: &KafkaConfig) -> Option<AfterCommit> {
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             tracing::debug!(error = %e, "committing Kafka offsets failed (lag monitoring only)");
         }
-    }))
+    })
 }
 
 fn run_worker(
@@ -316,12 +325,15 @@ fn run_worker(
     partitions: i32,
     shared: Shared<'_>,
 ) -> Result<WorkerReport, JobError> {
-    let Shared { lake, stop, runtime, abort, board, recovery, starts, pause, run } = shared;
+    let Shared { lake, stop, runtime, abort, board, recovery, starts, pause, run, metrics } = shared;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, starts, Arc::clone(stop))?;
-    let writer = Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, run, runtime.clone(), &cfg.sink)));
-    let queue =
-        (index == 0).then(|| Rc::new(CommitQueue::start(lake.clone(), runtime.clone(), offset_committer(&cfg.kafka))));
+    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, starts, Arc::clone(stop), metrics.clone())?;
+    let writer =
+        Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, run, runtime.clone(), &cfg.sink, metrics.clone())));
+    let queue = (index == 0).then(|| {
+        let after = after_commit(&cfg.kafka, metrics.clone());
+        Rc::new(CommitQueue::start(lake.clone(), runtime.clone(), Some(after)))
+    });
     let committed = recovery.committed();
     let (source_error, sink_error) = worker.dataflow(|scope| {
         let source_cfg = SourceConfig {

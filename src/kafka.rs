@@ -70,6 +70,11 @@ impl KafkaConfig {
         config
     }
 
+    /// Checks the client properties (`-X`) the way librdkafka reads them, without connecting.
+    pub fn check(&self) -> Result<(), KafkaSetupError> {
+        self.client_config().create_native_config().map(|_| ()).map_err(KafkaSetupError::Config)
+    }
+
     fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaSetupError> {
         self.client_config().create().map_err(KafkaSetupError::Config)
     }

@@ -10,7 +10,10 @@ use clap::Parser;
 use clap::error::ErrorKind;
 use std::io::Write;
 
-use stockflow::cli::{Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, SimulateArgs, SqlArgs, SqlFormat, StatusArgs};
+use stockflow::cli::{
+    Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, PlotArgs, SimulateArgs, SqlArgs, SqlFormat, StatusArgs,
+};
+use stockflow::metrics::{IngestMetrics, MetricsServer};
 use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
 
@@ -56,6 +59,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.check_config {
+        println!("stockflow: configuration ok: {}", check_config(&cli)?);
+        return Ok(());
+    }
     match cli.command {
         None => run_job(cli.job),
         Some(Command::Demo(args)) => {
@@ -74,7 +81,86 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Sql(args)) => sql(args),
         Some(Command::Status(args)) => status(args),
+        Some(Command::Plot(args)) => plot(args),
     }
+}
+
+/// Validates everything a command needs that can be checked without connecting, and says
+/// what would run.
+fn check_config(cli: &Cli) -> anyhow::Result<String> {
+    let metrics = |addr: Option<std::net::SocketAddr>| addr.map_or(String::new(), |a| format!(", metrics on {a}"));
+    Ok(match &cli.command {
+        None => {
+            let args = &cli.job;
+            let cfg = args.config().map_err(anyhow::Error::msg)?;
+            cfg.cluster.timely()?;
+            cfg.kafka.check()?;
+            stockflow::lake::Lake::check_location(&cfg.lake, &cfg.lake_options)?;
+            format!(
+                "job -w {} -n {} -p {}, brokers {}, topic {}, lake {}{}{}",
+                args.workers,
+                args.processes,
+                args.process,
+                cfg.kafka.brokers,
+                cfg.kafka.topic,
+                cfg.lake,
+                if cfg.drain { ", drain" } else { "" },
+                metrics(args.metrics_addr)
+            )
+        }
+        Some(Command::Ingest(args)) => {
+            let symbols = ingest_symbols(args)?;
+            let (url, _) = args.feed(finnhub_token()).map_err(anyhow::Error::msg)?;
+            args.kafka.config().check()?;
+            format!(
+                "ingest {} symbols from {url} to {} topic {}{}",
+                symbols.len(),
+                args.kafka.brokers,
+                args.kafka.topic,
+                metrics(args.metrics_addr)
+            )
+        }
+        Some(Command::Simulate(args)) => {
+            simulate_config(args)?;
+            format!("simulate {} symbols on {}", args.symbols, args.listen)
+        }
+        Some(Command::DevKafka(args)) => format!("dev-kafka topic {} ({} partitions)", args.topic, args.partitions),
+        Some(Command::Demo(args)) => {
+            format!("demo {} trades -w {} into {}", args.trades, args.workers, args.lake.display())
+        }
+        Some(Command::Catalog(args)) => format!("catalog into {}", args.out.display()),
+        Some(Command::Sql(args)) => format!("sql on {}", args.lake),
+        Some(Command::Status(args)) => format!("status of {}", args.lake),
+        Some(Command::Plot(args)) => format!("plot {} from {} to {}", args.symbol, args.lake, args.out.display()),
+    })
+}
+
+/// Starts the metrics endpoint if an address was given; it serves until dropped.
+fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    register: impl FnOnce(&mut prometheus_client::registry::Registry),
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let mut registry = prometheus_client::registry::Registry::default();
+    register(&mut registry);
+    Ok(Some(MetricsServer::start(addr, registry)?))
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    let cfg = args.config();
+    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
+    let candles = runtime()?.block_on(stockflow::plot::load(&args.lake, &options, &cfg))?;
+    stockflow::plot::render(&candles, &cfg, &args.out)?;
+    let rising = candles.iter().filter(|c| c.rising()).count();
+    println!(
+        "stockflow plot: {} bars of {} ({} rising, {} falling or flat) to {}",
+        candles.len(),
+        cfg.symbol,
+        rising,
+        candles.len() - rising,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
@@ -126,6 +212,9 @@ fn run_job(args: JobArgs) -> anyhow::Result<()> {
     let cfg = args.config().map_err(anyhow::Error::msg)?;
     let rt = runtime()?;
     let controls = job::Controls::default();
+    let metrics = controls.metrics.clone();
+    let _server = serve_metrics(args.metrics_addr, |r| metrics.register(r))?;
+    let progress = cfg.drain.then(|| stockflow::progress::Progress::start(metrics.clone(), None));
     let pause = Arc::clone(&controls.pause);
     rt.spawn(async move {
         // The first SIGTERM/SIGINT stops reading and commits what is complete; a second one
@@ -138,7 +227,11 @@ fn run_job(args: JobArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let report = job::run(cfg, controls, rt.handle().clone())?;
+    let report = job::run(cfg, controls, rt.handle().clone());
+    if let Some(p) = progress {
+        p.finish();
+    }
+    let report = report?;
     let rows: Vec<String> = report.written.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
     let last = match report.last_commit {
         Some(u64::MAX) => "final".to_owned(),
@@ -164,6 +257,18 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let cfg = simulate_config(&args)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+        stockflow::simulate::serve(listener, cfg).await.context("simulator")
+    })
+}
+
+fn simulate_config(args: &SimulateArgs) -> anyhow::Result<SimulateConfig> {
     let start_ms = match &args.start {
         Some(s) => {
             chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("--start '{s}'"))?.timestamp_millis()
@@ -198,14 +303,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             None => None,
         },
     };
-    let rt = runtime()?;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        tracing::info!(addr = %listener.local_addr()?, "simulator listening");
-        stockflow::simulate::serve(listener, cfg).await.context("simulator")
-    })
+    Ok(cfg)
 }
 
 fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
@@ -236,7 +334,11 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     }
 }
 
-fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
+fn finnhub_token() -> Option<String> {
+    std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.trim().is_empty())
+}
+
+fn ingest_symbols(args: &IngestArgs) -> anyhow::Result<Vec<String>> {
     let mut symbols = args.symbols.clone();
     if let Some(path) = &args.symbols_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -247,17 +349,25 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
     if symbols.is_empty() {
         anyhow::bail!("no symbols: pass --symbols A,B or --symbols-file F");
     }
-    let token = std::env::var("FINNHUB_TOKEN").ok().filter(|t| !t.trim().is_empty());
-    if token.is_none() && args.url.contains("finnhub.io") {
-        anyhow::bail!("FINNHUB_TOKEN is not set: Finnhub's websocket needs an API token");
+    Ok(symbols)
+}
+
+fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let symbols = ingest_symbols(&args)?;
+    let (url, token) = args.feed(finnhub_token()).map_err(anyhow::Error::msg)?;
+    if url != args.url {
+        tracing::info!(%url, "FINNHUB_TOKEN is not set: reading the fallback feed");
     }
+    let metrics = IngestMetrics::default();
+    let _server = serve_metrics(args.metrics_addr, |r| metrics.register(r))?;
     let cfg = ingest::IngestConfig {
         token,
         stale_after: args.stale_after,
         backoff_max: args.backoff_max,
         record: args.record.clone(),
         stats_every: args.stats_every,
-        ..ingest::IngestConfig::new(args.url, symbols, args.kafka.config())
+        metrics,
+        ..ingest::IngestConfig::new(url, symbols, args.kafka.config())
     };
     let rt = runtime()?;
     let stats = rt.block_on(ingest::run(cfg))?;

@@ -1,7 +1,8 @@
 //! The catalog: the checked-in `glue/` and `athena/` are exactly what `stockflow catalog`
 //! generates; their types match the Parquet the job writes and their partition projection
 //! matches the lake's folders; and every view and query of `athena/`, run through
-//! `stockflow sql` on a demo lake, gives the answer an independent computation gives.
+//! `stockflow sql` on a demo lake, gives the answer an independent computation gives. Also the
+//! lake's other readers: `stockflow status --json` and `stockflow plot`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,12 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// The demo lake every test here reads (built once per test binary).
+    fn shared() -> &'static Fixture {
+        static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+        FIXTURE.get_or_init(Fixture::new)
+    }
+
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = dir.path().join("lake");
@@ -159,7 +166,7 @@ fn daily(latest: &BTreeMap<(String, i64), dataflows::Bar>) -> Daily {
 
 #[test]
 fn every_view_and_query_answers_as_an_independent_computation_does() {
-    let f = Fixture::new();
+    let f = Fixture::shared();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let lake = Lake::open(&f.lake.to_string_lossy()).expect("lake");
     let trades = trades(&rt, &lake);
@@ -373,7 +380,7 @@ fn check_types_and_projection(lake: &Path) {
 
 #[test]
 fn status_json_matches_the_lake() {
-    let f = Fixture::new();
+    let f = Fixture::shared();
     let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args(["status", "--json", "--lake"])
         .arg(&f.lake)
@@ -421,4 +428,108 @@ fn status_json_matches_the_lake() {
     }
     let got: BTreeMap<String, u64> = serde_json::from_value(status["quarantine_by_reason"].clone()).expect("reasons");
     assert_eq!(got, by_reason);
+}
+
+/// Each bar's latest revision, by (symbol, window start).
+fn latest_bars(lake: &Path) -> BTreeMap<(String, i64), dataflows::Bar> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let lake = Lake::open(&lake.to_string_lossy()).expect("lake");
+    let bars = read::bars(&rt.block_on(read::read_table(&lake, &Table::Bars(60_000))).expect("bars")).expect("bars");
+    let mut latest: BTreeMap<(String, i64), dataflows::Bar> = BTreeMap::new();
+    for b in bars {
+        let key = (b.symbol.to_string(), b.window_start);
+        if latest.get(&key).is_none_or(|l| l.revision < b.revision) {
+            latest.insert(key, b);
+        }
+    }
+    latest
+}
+
+/// `stockflow plot` draws one candle per bar of the range in the right colour and order, and
+/// one volume bar each with its height in proportion to the volume.
+#[test]
+fn plot_draws_every_bar_of_the_range() {
+    let f = Fixture::shared();
+    let latest = latest_bars(&f.lake);
+    // The symbol with the most bars; a range that cuts its first and last bar off.
+    let mut per_symbol: BTreeMap<&str, Vec<&dataflows::Bar>> = BTreeMap::new();
+    for ((s, _), b) in &latest {
+        per_symbol.entry(s.as_str()).or_default().push(b);
+    }
+    let (symbol, bars) = per_symbol.iter().max_by_key(|(_, v)| v.len()).expect("bars");
+    assert!(bars.len() >= 5, "{symbol} has {} bars", bars.len());
+    let (from, to) = (bars[1].window_start, bars[bars.len() - 1].window_start);
+    let want: Vec<&dataflows::Bar> =
+        bars.iter().copied().filter(|b| b.window_start >= from && b.window_start < to).collect();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("chart.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["plot", "--symbol", symbol, "--from", &iso(from), "--to", &iso(to), "--out"])
+        .arg(&svg)
+        .arg("--lake")
+        .arg(&f.lake)
+        .output()
+        .expect("plot");
+    assert!(out.status.success(), "plot: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).expect("svg");
+    let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert_eq!(doc.root_element().attribute("width"), Some("1200"));
+    let texts: String = doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text()).collect();
+    assert!(texts.contains(&format!("{symbol} · 1m bars")), "title names the symbol");
+
+    let rect = |n: &roxmltree::Node, attr: &str| n.attribute(attr).and_then(|v| v.parse::<f64>().ok()).expect(attr);
+    let colour = |fill: &str| match fill {
+        "#26A69A" => Some(true),
+        "#EF5350" => Some(false),
+        _ => None,
+    };
+    // (x, rising, height) of candle bodies (opaque) and volume bars (half transparent).
+    let mut bodies = Vec::new();
+    let mut volumes = Vec::new();
+    for n in doc.descendants().filter(|n| n.has_tag_name("rect")) {
+        let Some(rising) = n.attribute("fill").and_then(colour) else { continue };
+        let shape = (rect(&n, "x"), rising, rect(&n, "height"));
+        match n.attribute("opacity") {
+            Some("1") => bodies.push(shape),
+            Some("0.5") => volumes.push(shape),
+            other => panic!("unexpected opacity {other:?}"),
+        }
+    }
+    bodies.sort_by(|a, b| a.0.total_cmp(&b.0));
+    volumes.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let rising: Vec<bool> = want.iter().map(|b| b.open < b.close).collect();
+    assert_eq!(bodies.iter().map(|b| b.1).collect::<Vec<_>>(), rising, "candle colours in time order");
+    assert_eq!(volumes.iter().map(|b| b.1).collect::<Vec<_>>(), rising, "volume colours in time order");
+    // Heights are proportional to volume (to a pixel's rounding).
+    let max_volume = want.iter().map(|b| b.volume).fold(0.0, f64::max);
+    let max_height = volumes.iter().map(|v| v.2).fold(0.0, f64::max);
+    for (bar, v) in want.iter().zip(&volumes) {
+        let expected = bar.volume / max_volume * max_height;
+        assert!(
+            (v.2 - expected).abs() <= 1.5,
+            "volume bar of {} is {} px, expected {expected:.1}",
+            bar.window_start,
+            v.2
+        );
+    }
+    // Wicks: the upper and the lower one of each candle.
+    let wicks = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("line") && n.attribute("stroke").and_then(colour).is_some())
+        .count();
+    assert_eq!(wicks, 2 * want.len());
+
+    // A symbol the lake does not have: one line and a failure.
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["plot", "--symbol", "NOPE", "--out"])
+        .arg(dir.path().join("none.svg"))
+        .arg("--lake")
+        .arg(&f.lake)
+        .output()
+        .expect("plot");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "error: no bars for NOPE in bars_1m", "{err}");
 }

@@ -16,6 +16,8 @@ use stockflow::ingest::{self, IngestConfig, IngestError, IngestStats};
 use stockflow::kafka::KafkaConfig;
 use stockflow::simulate::{ERROR_MESSAGE, Faults, MarketConfig, SimulateConfig, serve, universe};
 
+mod common;
+
 const SYMBOLS: usize = 30;
 
 struct Rig {
@@ -150,12 +152,32 @@ fn disconnects_and_stalls_lose_and_duplicate_nothing() {
         stall_for: Duration::from_millis(1_500),
         error_after: None,
     };
-    let (result, frames) = run(&rig, 20_000, None, faults, Duration::from_millis(400));
+    // The run's counters are served on a metrics endpoint too; a scrape must agree with them.
+    let metrics = stockflow::metrics::IngestMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let server = stockflow::metrics::MetricsServer::start("127.0.0.1:0".parse().expect("addr"), registry)
+        .expect("metrics endpoint");
+    let running = start_with(&rig, 20_000, None, faults, Duration::from_millis(400), |_, ingest| {
+        ingest.metrics = metrics.clone();
+    });
+    let (result, frames) = finish(&rig, running);
     let stats = result.expect("ingest");
     assert_eq!((stats.records, stats.delivered, stats.failed), (20_000, 20_000, 0));
     // Six forced disconnects at least, plus the stalls detected as stale connections.
     assert!(stats.reconnects >= 6, "{stats:?}");
     assert_exactly_once(&rig, 3, &frames, 20_000);
+    let scraped = common::scrape(server.addr());
+    for (name, value) in [
+        ("stockflow_ingest_frames_total", stats.frames),
+        ("stockflow_ingest_records_total", stats.records),
+        ("stockflow_ingest_delivered_total", stats.delivered),
+        ("stockflow_ingest_failed_total", stats.failed),
+        ("stockflow_ingest_reconnects_total", stats.reconnects),
+    ] {
+        assert_eq!(scraped.get(name).copied(), Some(value as f64), "{name}");
+    }
+    assert!(scraped.contains_key("stockflow_ingest_queue_depth"));
 }
 
 #[test]

@@ -163,6 +163,99 @@ fn lake_matches_reference_through_mock_kafka_2w() {
     run_in_process(11, 40_000, 4, 2);
 }
 
+/// The `/metrics` endpoint while the job runs and after it stopped: every listed series is
+/// there, and its values are the run's own counts (records read, rows per table and reason,
+/// late trades, revisions, files and bytes, commits, consumer lag).
+#[test]
+fn metrics_report_the_run() {
+    use stockflow::metrics::MetricsServer;
+
+    let f = fixture(13, 20_000, 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controls = job::Controls::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    controls.metrics.register(&mut registry);
+    let server = MetricsServer::start("127.0.0.1:0".parse().expect("addr"), registry).expect("metrics endpoint");
+    let stop = std::sync::Arc::clone(&controls.stop);
+    let (cfg, handle) = (job_config(&f, dir.path(), 2, false), f.rt.handle().clone());
+    let job = std::thread::spawn(move || job::run(cfg, controls, handle));
+
+    // While running (no stop offsets yet, so the job keeps going): wait until it has read the
+    // whole topic, published zero lag for every partition and committed at least once.
+    let total = f.log.len() as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let running = loop {
+        let m = common::scrape(server.addr());
+        let caught_up = (0..3).all(|p| m.get(&format!("stockflow_consumer_lag{{partition=\"{p}\"}}")) == Some(&0.0));
+        if m.get("stockflow_records_consumed_total") == Some(&total)
+            && caught_up
+            && m.get("stockflow_commits_total").is_some_and(|c| *c >= 1.0)
+        {
+            break m;
+        }
+        assert!(!job.is_finished(), "the job stopped before it was told to");
+        assert!(std::time::Instant::now() < deadline, "the job did not catch up; last scrape {m:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(running["stockflow_frontier_lag_seconds"] > 0.0, "simulated trades are in the past");
+    assert!(running["stockflow_trades_total"] > 0.0);
+
+    stop.set(f.kafka.end_offsets(3).expect("ends")).expect("stop offsets");
+    let report = job.join().expect("job thread").expect("job");
+    let m = common::scrape(server.addr());
+    let landed = check_lake(&f, dir.path());
+    let count = |name: &str| m.get(name).copied().unwrap_or_else(|| panic!("no {name} in {m:?}")) as u64;
+
+    assert_eq!(count("stockflow_records_consumed_total"), f.log.len() as u64);
+    assert_eq!(count("stockflow_trades_total"), landed.trades.len() as u64);
+    assert_eq!(count("stockflow_late_trades_total"), landed.trades.values().filter(|l| **l).count() as u64);
+    let mut reasons = BTreeMap::<String, u64>::new();
+    for reason in landed.quarantine.values() {
+        *reasons.entry(reason.clone()).or_default() += 1;
+    }
+    let scraped: BTreeMap<String, u64> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let reason = k.strip_prefix("stockflow_quarantined_total{reason=\"")?.strip_suffix("\"}")?;
+            Some((reason.to_owned(), *v as u64))
+        })
+        .collect();
+    assert_eq!(scraped, reasons, "quarantine by reason");
+    for (i, table) in ["bars_1m", "bars_5m"].iter().enumerate() {
+        let rows = landed.bars.iter().filter(|(w, _)| *w as usize == i).count() as u64;
+        assert_eq!(count(&format!("stockflow_bars_total{{table=\"{table}\"}}")), rows, "{table} rows");
+    }
+    assert_eq!(
+        count("stockflow_bar_revisions_total"),
+        landed.bars.iter().filter(|(_, b)| b.revision > 0).count() as u64
+    );
+
+    // Files and bytes per table, as they lie in the lake.
+    for table in ["trades", "quarantine", "bars_1m", "bars_5m"] {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        let mut stack = vec![dir.path().join(table)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("table folder").flatten() {
+                let meta = e.metadata().expect("metadata");
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else if e.path().extension().is_some_and(|x| x == "parquet") {
+                    files += 1;
+                    bytes += meta.len();
+                }
+            }
+        }
+        assert_eq!(count(&format!("stockflow_files_written_total{{table=\"{table}\"}}")), files, "{table} files");
+        assert_eq!(count(&format!("stockflow_bytes_written_total{{table=\"{table}\"}}")), bytes, "{table} bytes");
+    }
+    let commits = std::fs::read_dir(dir.path().join("_stockflow/commits")).expect("commit log").count() as u64;
+    assert_eq!(count("stockflow_commits_total"), commits);
+    assert_eq!(report.commits, commits);
+    assert_eq!(count("stockflow_commit_duration_seconds_count"), commits);
+    drop(server);
+    drop(f.mock);
+}
+
 /// Runs the binary's job with `--drain` on the fixture's topic into `lake`.
 fn job_command(f: &Fixture, lake: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));

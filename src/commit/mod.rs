@@ -192,7 +192,7 @@ async fn commit(lake: &Lake, record: &CommitRecord) -> Result<(), CommitError> {
 }
 
 /// Called after each commit (the job commits the Kafka offsets there, for lag monitoring).
-pub type AfterCommit = Box<dyn Fn(&CommitRecord) + Send>;
+pub type AfterCommit = Box<dyn Fn(&CommitRecord, std::time::Duration) + Send>;
 
 /// Commits run one after another on the IO runtime, off the worker thread: a commit's moves
 /// finish before the next record is written, so recovery only ever has the newest to finish.
@@ -230,17 +230,18 @@ impl CommitQueue {
                 let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
                     Ok(()) => {
+                        let took = started.elapsed();
                         tracing::debug!(
                             commit = record.commit,
                             files = record.files.len(),
-                            ms = started.elapsed().as_millis() as u64,
+                            ms = took.as_millis() as u64,
                             "committed"
                         );
                         state.commits += 1;
                         state.last = Some(record.commit);
                         drop(state);
                         if let Some(after) = &after {
-                            after(&record);
+                            after(&record, took);
                         }
                     }
                     Err(e) => {

@@ -11,7 +11,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
@@ -24,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::kafka::KafkaConfig;
+use crate::metrics::IngestMetrics;
 use crate::simulate::END_OF_STREAM;
 
 /// Frames buffered between socket and producer before the reader stops reading.
@@ -48,6 +48,8 @@ pub struct IngestConfig {
     pub stats_every: Duration,
     /// Target topic.
     pub kafka: KafkaConfig,
+    /// Where the counters go (served on `--metrics-addr`).
+    pub metrics: IngestMetrics,
 }
 
 impl IngestConfig {
@@ -58,6 +60,7 @@ impl IngestConfig {
             token: None,
             symbols,
             kafka,
+            metrics: IngestMetrics::default(),
             stale_after: Duration::from_secs(30),
             backoff_max: Duration::from_secs(30),
             record: None,
@@ -124,14 +127,8 @@ pub enum IngestError {
     Undelivered(u64),
 }
 
-#[derive(Default)]
-struct Counters {
-    frames: AtomicU64,
-    records: AtomicU64,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    reconnects: AtomicU64,
-}
+/// Ingest's counters are its metrics: the progress event and `/metrics` read the same atomics.
+type Counters = IngestMetrics;
 
 /// The `ingest progress` event: what ingest has done so far, logged every `stats_every`
 /// with structured fields (the same counters a metrics endpoint exports).
@@ -144,11 +141,11 @@ impl IngestProgress<'_> {
     fn emit(&self) {
         let c = self.counters;
         tracing::info!(
-            frames = c.frames.load(Ordering::Relaxed),
-            records = c.records.load(Ordering::Relaxed),
-            delivered = c.delivered.load(Ordering::Relaxed),
-            delivery_failures = c.failed.load(Ordering::Relaxed),
-            reconnects = c.reconnects.load(Ordering::Relaxed),
+            frames = c.frames.get(),
+            records = c.records.get(),
+            delivered = c.delivered.get(),
+            delivery_failures = c.failed.get(),
+            reconnects = c.reconnects.get(),
             queue_depth = self.queue_depth,
             "ingest progress"
         );
@@ -164,10 +161,10 @@ impl ProducerContext for DeliveryCounter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => self.0.delivered.inc(),
             Err((e, _)) => {
                 tracing::error!(error = %e, "kafka delivery failed");
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
+                self.0.failed.inc()
             }
         };
     }
@@ -275,7 +272,7 @@ where
                 };
             }
             Ok(Some(Ok(msg @ Message::Text(_)))) => {
-                counters.frames.fetch_add(1, Ordering::Relaxed);
+                counters.frames.inc();
                 if to_producer.send((now_ms(), msg)).await.is_err() {
                     return Session::ProducerStopped;
                 }
@@ -301,7 +298,7 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
 /// the stream or a fatal error (rejected token, error frame, producer failure).
 pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let socket_error = |source| IngestError::Socket { url: cfg.url.clone(), source: Box::new(source) };
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(cfg.metrics.clone());
     let producer: BaseProducer<DeliveryCounter> = cfg
         .kafka
         .client_config()
@@ -334,13 +331,18 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let (progress_counters, queue) = (Arc::clone(&counters), frames_tx.downgrade());
     let every = cfg.stats_every;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
+        // The queue-depth gauge is sampled every second; the event is logged every `every`.
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(every));
+        let mut last = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             let Some(queue) = queue.upgrade() else { break };
             let queue_depth = queue.max_capacity() - queue.capacity();
-            IngestProgress { counters: &progress_counters, queue_depth }.emit();
+            progress_counters.queue_depth.set(queue_depth as i64);
+            if last.elapsed() >= every {
+                last = tokio::time::Instant::now();
+                IngestProgress { counters: &progress_counters, queue_depth }.emit();
+            }
         }
     });
     let mut read_error = None;
@@ -368,7 +370,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
             Session::EndOfStream | Session::ProducerStopped => break,
             Session::Lost(why) => {
                 reconnects += 1;
-                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                counters.reconnects.inc();
                 let delay = backoff(attempt, cfg.backoff_max);
                 attempt = attempt.saturating_add(1);
                 tracing::warn!(url = %cfg.url, reason = %why, retry_in_ms = delay.as_millis() as u64, "websocket lost; reconnecting");
@@ -380,10 +382,10 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let produced = producing.await.map_err(|e| IngestError::Server(format!("producer thread: {e}")))?;
     let (records, pings) = produced?;
     let stats = IngestStats {
-        frames: counters.frames.load(Ordering::Relaxed),
+        frames: counters.frames.get(),
         records,
-        delivered: counters.delivered.load(Ordering::Relaxed),
-        failed: counters.failed.load(Ordering::Relaxed),
+        delivered: counters.delivered.get(),
+        failed: counters.failed.get(),
         pings,
         reconnects,
     };
@@ -426,7 +428,7 @@ fn produce_frames(
                 }
             }
             records += 1;
-            counters.records.fetch_add(1, Ordering::Relaxed);
+            counters.records.inc();
             Ok(())
         };
         match serde_json::from_str::<FrameView<'_>>(text.as_str()) {

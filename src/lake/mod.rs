@@ -104,6 +104,16 @@ impl Lake {
         Ok(lake)
     }
 
+    /// Checks that `location` names a lake this build can open, without creating or
+    /// contacting anything.
+    pub fn check_location(location: &str, options: &LakeOptions) -> Result<(), LakeError> {
+        match location.split_once("://") {
+            None | Some(("file", _)) => Ok(()),
+            Some(("s3", rest)) => Self::open_s3(location, rest, options).map(|_| ()),
+            Some(_) => Err(LakeError::Unsupported(location.to_owned())),
+        }
+    }
+
     fn open_store(location: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
         let folder = match location.split_once("://") {
             None => PathBuf::from(location),

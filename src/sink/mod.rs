@@ -22,6 +22,7 @@ use tokio::runtime::Handle;
 use crate::lake::encode::{BarColumns, QuarantineColumns, TradeColumns};
 use crate::lake::writer::{FileNamer, FileSink, Staged, TableFiles, WriteStats, WriterConfig};
 use crate::lake::{Lake, LakeError, Table, hour_of};
+use crate::metrics::JobMetrics;
 
 /// Settings of the sink.
 #[derive(Clone, Debug)]
@@ -41,12 +42,17 @@ pub struct LakeWriter {
     bars: Vec<TableFiles<BarColumns>>,
     quarantine: TableFiles<QuarantineColumns>,
     files: FileSink,
+    metrics: JobMetrics,
+    /// Bar table names, by width index (for their metric labels).
+    bar_tables: Vec<String>,
 }
 
 impl LakeWriter {
     /// A writer for `worker` of run `run` into `lake`, uploading through `runtime`.
-    pub fn new(lake: Lake, worker: usize, run: &str, runtime: Handle, cfg: &SinkConfig) -> Self {
+    pub fn new(lake: Lake, worker: usize, run: &str, runtime: Handle, cfg: &SinkConfig, metrics: JobMetrics) -> Self {
         LakeWriter {
+            metrics,
+            bar_tables: cfg.bar_widths.iter().map(|w| Table::Bars(*w).name()).collect(),
             trades: TableFiles::new(Table::Trades, cfg.writer.clone()),
             bars: cfg.bar_widths.iter().map(|w| TableFiles::new(Table::Bars(*w), cfg.writer.clone())).collect(),
             quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone()),
@@ -109,11 +115,16 @@ pub fn lake_sink<'scope>(
             let mut result: Result<(), LakeError> = Ok(());
             trades_in.for_each_stamp(|stamp, data| {
                 let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
+                let (mut rows, mut late) = (0, 0);
                 for t in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
+                        rows += 1;
+                        late += u64::from(t.late);
                         result = w.trades.push(epoch, hour_of(t.ts), &t, &mut w.files);
                     }
                 }
+                w.metrics.trades.inc_by(rows);
+                w.metrics.late.inc_by(late);
             });
             quarantine_in.for_each_stamp(|stamp, data| {
                 let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
@@ -122,6 +133,7 @@ pub fn lake_sink<'scope>(
                         // Partitioned by Kafka timestamp; by the record's event-time stamp
                         // when the broker gave none.
                         let at = q.kafka_ts.unwrap_or(q.time as i64);
+                        w.metrics.quarantine(q.reason.as_str(), 1);
                         result = w.quarantine.push(epoch, hour_of(at), &q, &mut w.files);
                     }
                 }
@@ -131,6 +143,12 @@ pub fn lake_sink<'scope>(
                 let epoch = epoch_of(time);
                 for (width, b) in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() && time >= committed {
+                        if let Some(table) = w.bar_tables.get(width as usize) {
+                            w.metrics.bar_rows(table, 1);
+                        }
+                        if b.revision > 0 {
+                            w.metrics.revisions.inc();
+                        }
                         result = match w.bars.get_mut(width as usize) {
                             Some(table) => table.push(epoch, hour_of(b.window_start), &b, &mut w.files),
                             None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
@@ -141,6 +159,9 @@ pub fn lake_sink<'scope>(
 
             // Epochs at or below the frontier are complete: close their files.
             let frontier = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
+            if let Some(f) = frontier {
+                w.metrics.frontier(f);
+            }
             if result.is_ok() {
                 result = w.close_through(frontier.unwrap_or(Time::MAX));
             }
@@ -151,6 +172,8 @@ pub fn lake_sink<'scope>(
             if let Some(c) = cap.as_mut() {
                 let mut session = staged_out.activate();
                 for file in w.files.take_staged() {
+                    let table = file.path.split('/').next().unwrap_or_default();
+                    w.metrics.file(table, file.bytes);
                     session.session(&c.delayed(&(file.epoch - 1))).give(file);
                 }
             }

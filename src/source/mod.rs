@@ -10,12 +10,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dataflows::{RawRecord, RecordSource, SourcePoll};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{KafkaConfig, KafkaSetupError};
+use crate::metrics::JobMetrics;
 
 /// End offsets (exclusive) per partition at which the source stops. Unset: it never stops.
 /// `--drain` sets it at start; the demo sets it once ingest has flushed.
@@ -37,12 +40,39 @@ pub enum SourceError {
     },
 }
 
+/// The consumer's context: keeps the high watermarks librdkafka reports in its statistics
+/// (every second, on the polling thread), so consumer lag costs no broker round trip.
+#[derive(Default)]
+struct SourceContext {
+    highs: std::sync::Mutex<HashMap<i32, i64>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut highs = self.highs.lock().unwrap_or_else(|e| e.into_inner());
+        for topic in statistics.topics.values() {
+            for (&p, partition) in &topic.partitions {
+                // The last stable offset under read_committed; the high watermark otherwise.
+                let end = if partition.ls_offset >= 0 { partition.ls_offset } else { partition.hi_offset };
+                if p >= 0 && end >= 0 {
+                    highs.insert(p, end);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
 /// One worker's Kafka consumer.
 pub struct KafkaSource {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<SourceContext>,
     /// Next offset to deliver per owned partition.
     next: HashMap<i32, i64>,
     stop: StopAt,
+    metrics: JobMetrics,
+    /// When the consumer lag was last published.
+    lag_published: std::time::Instant,
 }
 
 impl KafkaSource {
@@ -56,17 +86,19 @@ impl KafkaSource {
         peers: usize,
         start: &HashMap<i32, i64>,
         stop: StopAt,
+        metrics: JobMetrics,
     ) -> Result<Self, SourceError> {
         let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
-        let consumer: BaseConsumer = cfg
+        let consumer: BaseConsumer<SourceContext> = cfg
             .client_config()
             .set("group.id", "stockflow")
             .set("client.id", format!("stockflow-w{index}"))
+            .set("statistics.interval.ms", "1000")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             // Records that vanished before we read them are a loss to report, not to skip.
             .set("auto.offset.reset", "error")
-            .create()
+            .create_with_context(SourceContext::default())
             .map_err(KafkaSetupError::Config)?;
         let mut assignment = TopicPartitionList::new();
         let mut next = HashMap::new();
@@ -80,7 +112,23 @@ impl KafkaSource {
         if !mine.is_empty() {
             consumer.assign(&assignment).map_err(|source| SourceError::Consume { partition: None, source })?;
         }
-        Ok(KafkaSource { consumer, next, stop })
+        let lag_published = std::time::Instant::now();
+        Ok(KafkaSource { consumer, next, stop, metrics, lag_published })
+    }
+
+    /// Publishes each partition's consumer lag (its end as of the last statistics minus the
+    /// next offset to read), at most once a second.
+    fn publish_lag(&mut self) {
+        if self.lag_published.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.lag_published = std::time::Instant::now();
+        let highs = self.consumer.context().highs.lock().unwrap_or_else(|e| e.into_inner());
+        for (&p, &next) in &self.next {
+            if let Some(&high) = highs.get(&p) {
+                self.metrics.lag(p, (high - next).max(0));
+            }
+        }
     }
 
     fn done(&self) -> bool {
@@ -155,6 +203,8 @@ impl RecordSource for KafkaSource {
                 }
             }
         }
+        self.metrics.records.inc_by(delivered as u64);
+        self.publish_lag();
         Ok(if self.done() {
             SourcePoll::Done
         } else if delivered > 0 {

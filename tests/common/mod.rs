@@ -1,5 +1,8 @@
 //! Reading a lake back in integration tests: every row of every table, keyed by where it
-//! came from in Kafka, with duplicates counted.
+//! came from in Kafka, with duplicates counted; and scraping a metrics endpoint.
+
+// Each test binary uses its own part of these helpers.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 
@@ -45,4 +48,22 @@ pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
         landed.bars.extend(rows.into_iter().map(|b| (i as u8, b)));
     }
     landed
+}
+
+/// One scrape of a Prometheus text endpoint: every sample as `name{labels}` → value.
+pub fn scrape(addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {l}"));
+            (name.to_owned(), value.parse().unwrap_or_else(|_| panic!("bad value in {l}")))
+        })
+        .collect()
 }
