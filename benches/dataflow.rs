@@ -1,17 +1,35 @@
-//! Criterion benches of the compute core: parse + clean, and the in-memory dataflow
-//! (source → clean → bars) at one and two workers. `cargo bench -- --test` runs each once.
+//! Criterion benches of the compute core, each in trades/s: parse + clean; bar aggregation
+//! (ticks → bars of 1m/5m/1h with revisions); Parquet encoding of the trades table; and the
+//! in-memory dataflow (source → clean → bars) at one and two workers.
+//!
+//! `cargo bench --bench dataflow`; `cargo bench --bench dataflow -- --test` runs each once.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataflows::bars::BarsConfig;
+use dataflows::bars::{BarsConfig, Tick, bars};
 use dataflows::memlog::{MemLog, MemRecord, run_memlog};
 use dataflows::source::SourceConfig;
+use dataflows::{Time, Trade};
+use parquet::arrow::ArrowWriter;
+use stockflow::lake::encode::{Columns, TradeColumns};
+use stockflow::lake::writer::properties;
 use stockflow::simulate::{Market, MarketConfig};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::InputHandle;
+use timely::dataflow::operators::{Input, Probe};
+
+/// `cargo bench` passes --bench; anything else (`cargo test --all-targets`, `-- --test`)
+/// runs each bench once on a twentieth of the data, to keep it working.
+fn size(n: usize) -> usize {
+    let full = std::env::args().any(|a| a == "--bench") && !std::env::args().any(|a| a == "--test");
+    if full { n } else { n / 20 }
+}
 
 /// Trade payloads exactly as ingest would put them in Kafka, from the seeded simulator.
 fn payloads(n: usize) -> Vec<Vec<u8>> {
+    let n = size(n);
     let cfg = MarketConfig { symbols: 500, ..Default::default() };
     let subscribed = vec![true; cfg.symbols];
     let mut market = Market::new(cfg);
@@ -28,6 +46,28 @@ fn payloads(n: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// The clean trades among `payloads`, with Kafka coordinates as one partition would give them.
+fn trades(payloads: &[Vec<u8>]) -> Vec<Trade> {
+    payloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let t = dataflows::clean(Some(p)).ok()?;
+            Some(Trade {
+                symbol: t.symbol,
+                price: t.price,
+                volume: t.volume,
+                ts: t.ts,
+                conditions: t.conditions,
+                partition: 0,
+                offset: i as i64,
+                ingest_ts: Some(t.ts + 40),
+                late: false,
+            })
+        })
+        .collect()
+}
+
 fn clean(c: &mut Criterion) {
     let data = payloads(100_000);
     let mut group = c.benchmark_group("clean");
@@ -36,6 +76,62 @@ fn clean(c: &mut Criterion) {
         b.iter(|| data.iter().filter(|p| dataflows::clean(Some(black_box(p))).is_ok()).count())
     });
     group.finish();
+}
+
+/// Bar aggregation alone: ticks stamped with their second, the input advanced second by
+/// second as a source's watermark would, bars of three widths with a one-hour horizon.
+fn aggregate(c: &mut Criterion) {
+    let ticks: Arc<Vec<Tick>> = Arc::new(trades(&payloads(400_000)).iter().map(|t| Tick::new(t, None)).collect());
+    let cfg = BarsConfig { widths: vec![60_000, 300_000, 3_600_000], horizon_ms: 3_600_000 };
+    let mut group = c.benchmark_group("bars");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(ticks.len() as u64));
+    group.bench_function("aggregate_1m_5m_1h", |b| {
+        b.iter(|| {
+            let (ticks, cfg) = (Arc::clone(&ticks), cfg.clone());
+            timely::execute_directly(move |worker| {
+                let mut input = InputHandle::<Time, CapacityContainerBuilder<Vec<Tick>>>::new();
+                let probe = worker.dataflow(|scope| bars(scope.input_from(&mut input), cfg).probe().0);
+                for tick in ticks.iter() {
+                    let second = (tick.ts as u64 / 1000) * 1000;
+                    if second > *input.time() {
+                        input.advance_to(second);
+                        worker.step_while(|| probe.less_than(input.time()));
+                    }
+                    input.send(tick.clone());
+                }
+                input.close();
+                while worker.step() {}
+            })
+        })
+    });
+    group.finish();
+}
+
+/// Encoding the trades table: column builders filled row by row, then ZSTD Parquet in memory.
+fn encode(c: &mut Criterion) {
+    let trades = trades(&payloads(200_000));
+    let mut group = c.benchmark_group("parquet");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(trades.len() as u64));
+    group.bench_function("encode_trades", |b| {
+        let mut columns = TradeColumns::new();
+        b.iter(|| {
+            let mut writer = ArrowWriter::try_new(Vec::new(), trades_schema(), Some(properties())).expect("writer");
+            for chunk in trades.chunks(8192) {
+                for t in chunk {
+                    columns.push(t);
+                }
+                writer.write(&columns.finish().expect("batch")).expect("write");
+            }
+            writer.into_inner().expect("close").len()
+        })
+    });
+    group.finish();
+}
+
+fn trades_schema() -> arrow::datatypes::SchemaRef {
+    stockflow::lake::Table::Trades.schema()
 }
 
 fn dataflow(c: &mut Criterion) {
@@ -58,5 +154,5 @@ fn dataflow(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, clean, dataflow);
+criterion_group!(benches, clean, aggregate, encode, dataflow);
 criterion_main!(benches);

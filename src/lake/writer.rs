@@ -74,7 +74,8 @@ impl WriteStats {
     }
 }
 
-fn properties() -> WriterProperties {
+/// How every Parquet file of the lake is written (ZSTD, the writer named).
+pub fn properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_created_by(concat!("stockflow ", env!("CARGO_PKG_VERSION")).to_owned())
