@@ -78,8 +78,9 @@ fn clean(c: &mut Criterion) {
     group.finish();
 }
 
-/// Bar aggregation alone: ticks stamped with their second, the input advanced second by
-/// second as a source's watermark would, bars of three widths with a one-hour horizon.
+/// Bar aggregation alone: ticks stamped with their window (the time a source gives an on-time
+/// trade), the input advanced window by window as a source's watermark does, bars of three
+/// widths with a one-hour horizon.
 fn aggregate(c: &mut Criterion) {
     let ticks: Arc<Vec<Tick>> = Arc::new(trades(&payloads(400_000)).iter().map(|t| Tick::new(t, None)).collect());
     let cfg = BarsConfig { widths: vec![60_000, 300_000, 3_600_000], horizon_ms: 3_600_000 };
@@ -93,9 +94,9 @@ fn aggregate(c: &mut Criterion) {
                 let mut input = InputHandle::<Time, CapacityContainerBuilder<Vec<Tick>>>::new();
                 let probe = worker.dataflow(|scope| bars(scope.input_from(&mut input), cfg).probe().0);
                 for tick in ticks.iter() {
-                    let second = (tick.ts as u64 / 1000) * 1000;
-                    if second > *input.time() {
-                        input.advance_to(second);
+                    let window = (tick.ts as u64 / 60_000) * 60_000;
+                    if window > *input.time() {
+                        input.advance_to(window);
                         worker.step_while(|| probe.less_than(input.time()));
                     }
                     input.send(tick.clone());
