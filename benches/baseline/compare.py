@@ -212,19 +212,25 @@ def fill_topic(args, children, work):
     return brokers
 
 
-def run_stockflow(args, children, work, brokers, run):
-    lake = work / f"lake-{run}"
-    name = f"stockflow-{run}"
-    cmd = [args.stockflow, "--brokers", brokers, "--topic", args.topic, "--lake", str(lake),
-           "-w", str(args.workers), "--drain", "--commit-interval", "1h"]
+def run_measured(args, children, work, name, cmd, what):
+    """Runs `cmd` to its end: (its stdout, seconds from spawn to exit, peak RSS in KiB).
+    A non-zero exit is a BenchError carrying the tail of its stderr."""
     started = time.perf_counter()
     proc = children.spawn(name, cmd, work)
     proc.started = started
     code, seconds, rss = wait_rusage(proc, args.timeout)
     children.procs.remove(proc)
     if code != 0:
-        raise BenchError(f"stockflow exited with {code}\n{tail(work / f'{name}.err')}")
-    out = (work / f"{name}.out").read_text()
+        raise BenchError(f"{what} exited with {code}\n{tail(work / f'{name}.err')}")
+    return (work / f"{name}.out").read_text(), seconds, rss
+
+
+def run_stockflow(args, children, work, brokers, run):
+    lake = work / f"lake-{run}"
+    name = f"stockflow-{run}"
+    cmd = [args.stockflow, "--brokers", brokers, "--topic", args.topic, "--lake", str(lake),
+           "-w", str(args.workers), "--drain", "--commit-interval", "1h"]
+    out, seconds, rss = run_measured(args, children, work, name, cmd, "stockflow")
     m = re.search(r"stockflow job done: .*\brows ([^;]*);", out)
     if not m:
         raise BenchError(f"stockflow printed no `done` line:\n{out}\n{tail(work / f'{name}.err')}")
@@ -244,14 +250,7 @@ def run_baseline(args, children, work, brokers, run):
     out_dir = work / f"baseline-{run}"
     name = f"baseline-{run}"
     cmd = [args.python, str(HERE / "consumer.py"), "--brokers", brokers, "--topic", args.topic, "--out", str(out_dir)]
-    started = time.perf_counter()
-    proc = children.spawn(name, cmd, work)
-    proc.started = started
-    code, seconds, rss = wait_rusage(proc, args.timeout)
-    children.procs.remove(proc)
-    if code != 0:
-        raise BenchError(f"baseline exited with {code}\n{tail(work / f'{name}.err')}")
-    out = (work / f"{name}.out").read_text()
+    out, seconds, rss = run_measured(args, children, work, name, cmd, "baseline")
     m = re.search(r"baseline done: records=(\d+) trades=(\d+) quarantine=(\d+) bars=(\d+)", out)
     if not m:
         raise BenchError(f"baseline printed no summary:\n{out}\n{tail(work / f'{name}.err')}")
