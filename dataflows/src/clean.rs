@@ -117,11 +117,40 @@ pub fn clean(payload: Option<&[u8]>) -> Result<CleanTrade, Reason> {
         Some(b) if b.len() > MAX_PAYLOAD => return Err(Reason::Oversized),
         Some(b) => b,
     };
+    // Almost every payload is a plain trade object: a typed parse of that shape is several
+    // times faster than the total visitor below. It only accepts payloads whose field types
+    // are all right, so its verdict is the visitor's; anything else (a wrong type, a missing
+    // or duplicate field, an escaped symbol, trailing bytes, a non-object) is classified again
+    // by the visitor, which names the reason.
+    if bytes.first() == Some(&b'{') {
+        if let Ok(typed) = serde_json::from_slice::<TypedTrade<'_>>(bytes) {
+            return validate(typed.s, typed.p, typed.v, Some(typed.t), typed.c.map(Value::Strings));
+        }
+    }
+    classify_total(bytes)
+}
+
+/// The total classifier: any byte string, a verdict and the reason for it.
+fn classify_total(bytes: &[u8]) -> Result<CleanTrade, Reason> {
     let raw: RawTrade<'_> = match serde_json::from_slice(bytes) {
         Ok(raw) => raw,
         Err(_) => return Err(Reason::MalformedJson),
     };
     raw.validate()
+}
+
+/// A trade payload whose fields all have the right JSON types (the fast path of [`clean`]).
+/// A JSON array would also deserialize into a struct, which is why [`clean`] only tries this
+/// on payloads that start with `{`.
+#[derive(Deserialize)]
+struct TypedTrade<'a> {
+    /// Borrowed: a symbol with escapes fails here and takes the total path.
+    s: &'a str,
+    p: f64,
+    v: f64,
+    t: i64,
+    #[serde(default)]
+    c: Option<Conditions>,
 }
 
 /// Copies a payload for the quarantine table: lossy UTF-8, at most `MAX_QUARANTINE_PAYLOAD` bytes.
@@ -202,26 +231,38 @@ impl RawTrade<'_> {
             Value::Float(_) => None,
             _ => return Err(Reason::BadType),
         };
-        if symbol.is_empty() || symbol.len() > MAX_SYMBOL_BYTES || symbol.chars().any(char::is_control) {
-            return Err(Reason::BadSymbol);
-        }
-        if !(price.is_finite() && price > 0.0) {
-            return Err(Reason::BadPrice);
-        }
-        if !(volume.is_finite() && volume >= 0.0) {
-            return Err(Reason::BadVolume);
-        }
-        let ts = match ts {
-            Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => ts,
-            _ => return Err(Reason::BadTimestamp),
-        };
-        let conditions = match c {
-            None | Some(Value::Null) => None,
-            Some(Value::Strings(list)) => Some(list),
-            Some(_) => return Err(Reason::BadConditions),
-        };
-        Ok(CleanTrade { symbol: Symbol::from(symbol.as_ref()), price, volume, ts, conditions })
+        validate(&symbol, price, volume, ts, c)
     }
+}
+
+/// The value rules, in the order that names the reason, once every field has the right type.
+/// `ts` is `None` for a time that is not an integer of milliseconds.
+fn validate(
+    symbol: &str,
+    price: f64,
+    volume: f64,
+    ts: Option<i64>,
+    c: Option<Value<'_>>,
+) -> Result<CleanTrade, Reason> {
+    if symbol.is_empty() || symbol.len() > MAX_SYMBOL_BYTES || symbol.chars().any(char::is_control) {
+        return Err(Reason::BadSymbol);
+    }
+    if !(price.is_finite() && price > 0.0) {
+        return Err(Reason::BadPrice);
+    }
+    if !(volume.is_finite() && volume >= 0.0) {
+        return Err(Reason::BadVolume);
+    }
+    let ts = match ts {
+        Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => ts,
+        _ => return Err(Reason::BadTimestamp),
+    };
+    let conditions = match c {
+        None | Some(Value::Null) => None,
+        Some(Value::Strings(list)) => Some(list),
+        Some(_) => return Err(Reason::BadConditions),
+    };
+    Ok(CleanTrade { symbol: Symbol::from(symbol), price, volume, ts, conditions })
 }
 
 impl<'de> Deserialize<'de> for RawTrade<'de> {

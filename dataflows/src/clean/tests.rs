@@ -200,6 +200,9 @@ proptest! {
         }
         let q = quarantine_payload(Some(&bytes));
         prop_assert!(q.len() <= MAX_QUARANTINE_PAYLOAD);
+        if !bytes.is_empty() {
+            prop_assert_eq!(clean(Some(&bytes)), classify_total(&bytes));
+        }
     }
 
     #[test]
@@ -210,7 +213,7 @@ proptest! {
     ) {
         let mut bytes = GOOD.as_bytes().to_vec();
         bytes[pos] = byte;
-        let _ = clean(Some(&bytes));
+        prop_assert_eq!(clean(Some(&bytes)), classify_total(&bytes));
         let truncated = &GOOD.as_bytes()[..cut];
         prop_assert!(clean(Some(truncated)).is_err());
     }
@@ -241,5 +244,50 @@ proptest! {
         };
         let got = clean(Some(&json)).map(|c| (c.symbol.to_string(), c.price, c.volume, c.ts));
         prop_assert_eq!(got, expected);
+    }
+}
+
+/// JSON text for one field value: every type the rules tell apart, and the edge cases of each.
+fn any_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("{}".to_owned()),
+        Just(r#"{"a":[1,{"b":2}]}"#.to_owned()),
+        Just("[]".to_owned()),
+        Just(r#"["1","12"]"#.to_owned()),
+        Just(r#"["1",2]"#.to_owned()),
+        Just(r#"["\u0041"]"#.to_owned()),
+        Just("18446744073709551615".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("1e400".to_owned()),
+        Just("1763997374633.5".to_owned()),
+        any::<i64>().prop_map(|i| i.to_string()),
+        (MIN_TS_MS - 5..MAX_TS_MS + 5).prop_map(|i| i.to_string()),
+        (-1e3f64..1e6).prop_map(|f| format!("{f:?}")),
+        "[A-Z:]{0,3}".prop_map(|s| format!("{s:?}")),
+        Just(r#""A\u0042C""#.to_owned()),
+        Just(r#""A\nB""#.to_owned()),
+        Just(format!("{:?}", "X".repeat(70))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The typed fast path of `clean` never disagrees with the total classifier: same trade,
+    /// or same reason, whatever the field types, order, duplicates and surrounding bytes.
+    #[test]
+    fn fast_path_agrees_with_the_total_classifier(
+        fields in proptest::collection::vec(
+            (prop_oneof![Just("s"), Just("p"), Just("v"), Just("t"), Just("c"), Just("x")], any_value()),
+            0..8,
+        ),
+        leading in prop_oneof![Just(""), Just(" "), Just("[")],
+        trailing in prop_oneof![Just(""), Just(" "), Just("]"), Just("x")],
+    ) {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k:?}:{v}")).collect();
+        let json = format!("{leading}{{{}}}{trailing}", body.join(","));
+        prop_assert_eq!(clean(Some(json.as_bytes())), classify_total(json.as_bytes()), "{}", json);
     }
 }
