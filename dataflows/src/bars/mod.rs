@@ -9,16 +9,17 @@ mod revisions;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::StreamVec;
-
-pub use partials::window_partials;
-pub use revisions::bar_revisions;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
 
 use crate::Time;
 use crate::time::TimeConfig;
 use crate::trade::{Symbol, Trade};
+use partials::Partials;
+use revisions::{Revisions, Rows};
 
 /// A bar's identity: index of its width in [`BarsConfig::widths`], symbol, window start.
 pub type BarKey = (u8, Symbol, i64);
@@ -67,28 +68,57 @@ pub fn symbol_route(symbol: &str) -> u64 {
     h.finish()
 }
 
-/// Ticks in; bar rows (every revision, tagged with the width index) out: partials per time,
-/// a differential `reduce` that folds them per bar, and the revision numbering of its changes.
+/// Ticks in; bar rows (every revision, tagged with the width index) out.
+///
+/// Ticks are exchanged by symbol, folded into per-time partials as they arrive, and applied
+/// to the bar state in time order once the frontier has passed their time: a keyed fold
+/// whose changes over time are the revisions. The fold is a semigroup (`BarAcc::merge`), so
+/// each bar is one accumulator, not a history of updates, and it is dropped at window end +
+/// horizon: state is bounded by symbols x windows within the horizon, whatever the input.
 pub fn bars<'scope>(ticks: StreamVec<'scope, Time, Tick>, cfg: BarsConfig) -> StreamVec<'scope, Time, (u8, Bar)> {
-    let partials = window_partials(ticks, cfg.clone());
-    let folded: VecCollection<'scope, Time, (BarKey, BarAcc)> =
-        partials.reduce_named("FoldBars", |_key, input: &[(&BarAcc, isize)], output: &mut Vec<(BarAcc, isize)>| {
-            // Partials arrive sorted; the fold is order-independent anyway. A partial with
-            // multiplicity n (identical partials at several times) counts n times.
-            let mut acc: Option<BarAcc> = None;
-            for (partial, count) in input {
-                for _ in 0..*count {
-                    match acc.as_mut() {
-                        Some(a) => a.merge(partial),
-                        None => acc = Some((*partial).clone()),
+    let pact = Exchange::new(|t: &Tick| symbol_route(&t.symbol));
+    ticks.unary_frontier(pact, "Bars", move |initial, _info| {
+        let mut partials = Partials::new(cfg.clone());
+        let mut revisions = Revisions::new(cfg);
+        // Held at the least time a row may still leave at: the input frontier (ticks yet to
+        // come), the earliest pending partials, or the earliest unwritten window end.
+        let mut cap: Option<Capability<Time>> = Some(initial);
+
+        move |(input, frontier), output| {
+            input.for_each_stamp(|stamp, data| {
+                let Some(time) = stamp.least().copied() else { return };
+                for tick in data.flat_map(|batch| batch.drain(..)) {
+                    partials.add(time, &tick);
+                }
+            });
+
+            let frontier_time: Option<Time> = frontier.frontier().first().copied();
+            let mut rows: Rows = Vec::new();
+            while let Some((time, changes)) = partials.pop_before(frontier_time) {
+                revisions.apply(time, changes, &mut rows);
+            }
+            let upto = frontier_time.map_or(i64::MAX, |f| f as i64);
+            revisions.write_due(upto, &mut rows);
+            revisions.expire(upto);
+
+            if let Some(c) = cap.as_mut() {
+                rows.sort_by_key(|(time, _)| *time);
+                let mut rows = rows.into_iter().peekable();
+                while let Some((time, _)) = rows.peek() {
+                    let at = c.delayed(&(*time).max(*c.time()));
+                    let time = *time;
+                    let mut session = output.session(&at);
+                    while let Some((_, row)) = rows.next_if(|(t, _)| *t == time) {
+                        session.give(row);
                     }
                 }
+                match [frontier_time, partials.first_time(), revisions.next_due()].into_iter().flatten().min() {
+                    None => cap = None,
+                    Some(low) => c.downgrade(&low.max(*c.time())),
+                }
             }
-            if let Some(acc) = acc {
-                output.push((acc, 1));
-            }
-        });
-    bar_revisions(folded, cfg)
+        }
+    })
 }
 
 /// Prices and volumes are accumulated in units of 1e-9 (crypto volumes carry up to 8
@@ -162,8 +192,7 @@ type OrderKey = (i64, i32, i64);
 /// Running state of one bar; `add` and `merge` in any order give the same `finish`.
 ///
 /// Prices are kept as their IEEE bits: for the positive finite prices cleaning admits, bit
-/// order is numeric order, which makes the state `Ord` and hashable, as differential
-/// dataflow needs of the partial aggregates it holds.
+/// order is numeric order, which makes the state `Ord`, `Eq` and hashable.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BarAcc {
     open: (OrderKey, u64),

@@ -1,23 +1,13 @@
-//! Window partials: ticks in, one partial bar per (width, symbol, window) and timely time out,
-//! as a differential collection that also retracts each partial once it can no longer change.
+//! Window partials: each tick folded into the partial bar of every window it may still change,
+//! grouped by the timely time it arrived at.
 //!
-//! Pre-aggregating per time keeps differential's state at one record per bar per distinct
-//! arrival time (on time, or each later revision) rather than one per trade, so memory is
-//! bounded by symbols x windows within the horizon, not by the trade rate.
+//! Pre-aggregating per time means the bar state sees one merge per bar per distinct arrival
+//! time (on time, or each later revision) rather than one per trade.
 
 use std::collections::{BTreeMap, HashMap};
 
-use differential_dataflow::{AsCollection, VecCollection};
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::operator::Operator;
-
-use super::{BarAcc, BarKey, BarsConfig, Tick, symbol_route};
+use super::{BarAcc, BarKey, BarsConfig, Tick};
 use crate::Time;
-
-/// Partials still accumulating, by timely time, with the capability to emit them.
-type Pending = BTreeMap<Time, (Capability<Time>, HashMap<BarKey, BarAcc>)>;
 
 /// The bars a tick may still change: for each width, its window if the window's end is past
 /// `pw - horizon` at arrival (and the tick's time is before the window's expiry).
@@ -27,50 +17,55 @@ fn admit(cfg: &BarsConfig, tick: &Tick, time: Time, mut each: impl FnMut(u8, i64
         let start = tick.ts - tick.ts.rem_euclid(w);
         let end = start + w;
         let revisable = tick.watermark.is_none_or(|pw| end > pw - cfg.horizon_ms as i64);
-        if revisable && (time as i64) < end + cfg.horizon_ms as i64 {
+        if revisable && (time as i64) < expiry(cfg, i as u8, start) {
             each(i as u8, start);
         }
     }
 }
 
-/// Turns ticks into the partial-bar collection of every configured width.
-pub fn window_partials<'scope>(
-    ticks: StreamVec<'scope, Time, Tick>,
+/// When the bar of width index `width` starting at `start` can no longer change: its window end
+/// plus the revision horizon. No tick at this time or later is admitted to it.
+pub(super) fn expiry(cfg: &BarsConfig, width: u8, start: i64) -> i64 {
+    start + cfg.widths[width as usize] as i64 + cfg.horizon_ms as i64
+}
+
+/// Partial bars still accumulating, by the time their ticks arrived at.
+pub(super) struct Partials {
     cfg: BarsConfig,
-) -> VecCollection<'scope, Time, (BarKey, BarAcc)> {
-    let pact = Exchange::new(|t: &Tick| symbol_route(&t.symbol));
-    ticks
-        .unary_frontier(pact, "WindowPartials", move |_cap, _info| {
-            let mut pending: Pending = BTreeMap::new();
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let Some(time) = cap.least().copied() else { return };
-                    let (_, bars) = pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), HashMap::new()));
-                    for tick in data.flat_map(|batch| batch.drain(..)) {
-                        admit(&cfg, &tick, time, |width, start| {
-                            bars.entry((width, tick.symbol.clone(), start))
-                                .and_modify(|acc| acc.add(&tick))
-                                .or_insert_with(|| BarAcc::new(&tick));
-                        });
-                    }
-                });
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (time, (cap, bars)) = entry.remove_entry();
-                    let mut session = output.session(&cap);
-                    for (key, acc) in bars {
-                        // The temporal filter: once the frontier reaches window end + horizon
-                        // no trade can change this bar again, so its partials are retracted
-                        // and differential can forget them.
-                        let width = cfg.widths[key.0 as usize];
-                        let expiry = (key.2 + width as i64 + cfg.horizon_ms as i64).max(0) as Time;
-                        session.give(((key.clone(), acc.clone()), expiry.max(time), -1isize));
-                        session.give(((key, acc), time, 1isize));
-                    }
-                }
-            }
-        })
-        .as_collection()
+    pending: BTreeMap<Time, HashMap<BarKey, BarAcc>>,
+}
+
+impl Partials {
+    pub(super) fn new(cfg: BarsConfig) -> Self {
+        Partials { cfg, pending: BTreeMap::new() }
+    }
+
+    /// Folds `tick`, which arrived at `time`, into the partials it may still change.
+    pub(super) fn add(&mut self, time: Time, tick: &Tick) {
+        let mut windows = smallvec::SmallVec::<[(u8, i64); 4]>::new();
+        admit(&self.cfg, tick, time, |width, start| windows.push((width, start)));
+        if windows.is_empty() {
+            return;
+        }
+        let bars = self.pending.entry(time).or_default();
+        for (width, start) in windows {
+            bars.entry((width, tick.symbol.clone(), start))
+                .and_modify(|acc| acc.add(tick))
+                .or_insert_with(|| BarAcc::new(tick));
+        }
+    }
+
+    /// The partials of the earliest time before `frontier` (`None`: the input has ended).
+    pub(super) fn pop_before(&mut self, frontier: Option<Time>) -> Option<(Time, HashMap<BarKey, BarAcc>)> {
+        let entry = self.pending.first_entry()?;
+        if frontier.is_some_and(|f| *entry.key() >= f) {
+            return None;
+        }
+        Some(entry.remove_entry())
+    }
+
+    /// The earliest time with partials still to apply.
+    pub(super) fn first_time(&self) -> Option<Time> {
+        self.pending.first_key_value().map(|(t, _)| *t)
+    }
 }

@@ -1,21 +1,16 @@
-//! Revisions: the changes of the bars collection turned into rows. Revision 0 of a bar is
-//! written when the frontier passes its window end; every later time at which the bar changes
-//! (a late trade within the horizon) writes the next revision. A bar going to empty is the
-//! expiry of its state, not a change, and writes nothing.
+//! Revisions: the state of every bar that can still change, and the rows its changes write.
+//! Revision 0 of a bar is written when the frontier passes its window end; every later time at
+//! which the bar changes (a late trade within the horizon) writes the next revision. At window
+//! end + horizon no trade can change the bar again and its state is dropped, writing nothing.
 //!
 //! Each row leaves at a timely time fixed by the log alone: revision 0 at its window end (or,
 //! for a bar made only of late trades, at the time of that change), revision n at the time of
 //! the change that made it. What is output before a time is therefore a function of the log,
 //! which a replay that must skip already-written output relies on.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use differential_dataflow::VecCollection;
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::operator::Operator;
-
+use super::partials::expiry;
 use super::{Bar, BarAcc, BarKey, BarsConfig};
 use crate::Time;
 
@@ -26,138 +21,144 @@ struct BarState {
     written: Option<u32>,
 }
 
-/// The net change of one bar at one time: its new value (if any) and the summed weight.
-type Change = (Option<BarAcc>, isize);
+/// Bar rows with the timely time each leaves at.
+pub(super) type Rows = Vec<(Time, (u8, Bar))>;
 
-/// Revision numbering, apart from the operator plumbing.
-struct Revisions {
-    widths: Vec<u64>,
+/// The live bars of one worker and their revision numbering.
+pub(super) struct Revisions {
+    cfg: BarsConfig,
     state: HashMap<BarKey, BarState>,
     /// Bars whose revision 0 is still to be written, by window end.
-    unwritten: BTreeSet<(i64, BarKey)>,
+    unwritten: BTreeMap<i64, Vec<BarKey>>,
+    /// Every live bar, by the time its state can be dropped.
+    expiring: BTreeMap<i64, Vec<BarKey>>,
 }
 
 impl Revisions {
+    pub(super) fn new(cfg: BarsConfig) -> Self {
+        Revisions { cfg, state: HashMap::new(), unwritten: BTreeMap::new(), expiring: BTreeMap::new() }
+    }
+
     fn window_end(&self, key: &BarKey) -> i64 {
-        key.2 + self.widths[key.0 as usize] as i64
+        key.2 + self.cfg.widths[key.0 as usize] as i64
     }
 
     fn row(&self, key: &BarKey, acc: &BarAcc, revision: u32) -> (u8, Bar) {
-        (key.0, acc.finish(key.1.clone(), key.2, self.widths[key.0 as usize], revision))
+        (key.0, acc.finish(key.1.clone(), key.2, self.cfg.widths[key.0 as usize], revision))
     }
 
-    /// Writes revision 0 of every bar whose window ended by `upto`.
-    fn write_due(&mut self, upto: i64, rows: &mut Vec<(Time, (u8, Bar))>) {
-        while self.unwritten.first().is_some_and(|(end, _)| *end <= upto) {
-            let Some((end, key)) = self.unwritten.pop_first() else {
+    /// Writes revision 0 of every bar whose window ended by `upto`, by window end then key.
+    pub(super) fn write_due(&mut self, upto: i64, rows: &mut Rows) {
+        while let Some(entry) = self.unwritten.first_entry() {
+            if *entry.key() > upto {
                 break;
-            };
-            if let Some(s) = self.state.get_mut(&key) {
-                s.written = Some(0);
-                let acc = s.latest.clone();
-                rows.push((end as Time, self.row(&key, &acc, 0)));
+            }
+            let (end, mut keys) = entry.remove_entry();
+            keys.sort_unstable();
+            for key in keys {
+                if let Some(s) = self.state.get_mut(&key) {
+                    s.written = Some(0);
+                    let acc = s.latest.clone();
+                    rows.push((end as Time, self.row(&key, &acc, 0)));
+                }
             }
         }
     }
 
-    /// Applies the changes of one completed time, in key order.
-    fn apply(&mut self, time: Time, changes: HashMap<BarKey, Change>, rows: &mut Vec<(Time, (u8, Bar))>) {
+    /// Applies the partials of one completed time, in key order.
+    pub(super) fn apply(&mut self, time: Time, partials: HashMap<BarKey, BarAcc>, rows: &mut Rows) {
         // Everything ending by `time` is complete: its revision 0 goes first.
         self.write_due(time as i64, rows);
-        let mut changes: Vec<_> = changes.into_iter().collect();
-        changes.sort_by(|a, b| a.0.cmp(&b.0));
-        for (key, change) in changes {
-            match change {
-                (Some(acc), net) if net >= 0 => {
-                    let end = self.window_end(&key);
-                    match self.state.get_mut(&key) {
-                        Some(s) => {
-                            s.latest = acc;
-                            if let Some(r) = s.written {
-                                s.written = Some(r + 1);
-                                let acc = s.latest.clone();
-                                rows.push((time, self.row(&key, &acc, r + 1)));
-                            }
-                        }
-                        None if end <= time as i64 => {
-                            // A bar made only of late trades: its first version is revision 0.
-                            rows.push((time, self.row(&key, &acc, 0)));
-                            self.state.insert(key, BarState { latest: acc, written: Some(0) });
-                        }
-                        None => {
-                            self.unwritten.insert((end, key.clone()));
-                            self.state.insert(key, BarState { latest: acc, written: None });
-                        }
+        let mut partials: Vec<_> = partials.into_iter().collect();
+        partials.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, partial) in partials {
+            match self.state.get_mut(&key) {
+                Some(s) => {
+                    s.latest.merge(&partial);
+                    if let Some(r) = s.written {
+                        s.written = Some(r + 1);
+                        let acc = s.latest.clone();
+                        rows.push((time, self.row(&key, &acc, r + 1)));
                     }
                 }
-                // Net retraction: the bar's state expired.
-                _ => {
+                None => {
                     let end = self.window_end(&key);
-                    if let Some(s) = self.state.remove(&key) {
-                        if s.written.is_none() {
-                            self.unwritten.remove(&(end, key));
-                        }
-                    }
+                    let written = if end <= time as i64 {
+                        // A bar made only of late trades: its first version is revision 0.
+                        rows.push((time, self.row(&key, &partial, 0)));
+                        Some(0)
+                    } else {
+                        self.unwritten.entry(end).or_default().push(key.clone());
+                        None
+                    };
+                    self.expiring.entry(expiry(&self.cfg, key.0, key.2)).or_default().push(key.clone());
+                    self.state.insert(key, BarState { latest: partial, written });
                 }
             }
         }
+    }
+
+    /// Drops the state of every bar that expires by `upto`: no tick at `upto` or later can
+    /// change it (see [`expiry`]), and every earlier time has been applied.
+    pub(super) fn expire(&mut self, upto: i64) {
+        while let Some(entry) = self.expiring.first_entry() {
+            if *entry.key() > upto {
+                break;
+            }
+            for key in entry.remove() {
+                self.state.remove(&key);
+            }
+        }
+        if self.state.capacity() > 4 * self.state.len().max(1024) {
+            // After a burst of symbols the table would otherwise keep its largest size.
+            self.state.shrink_to_fit();
+        }
+    }
+
+    /// The earliest window end whose revision 0 is still to be written.
+    pub(super) fn next_due(&self) -> Option<Time> {
+        self.unwritten.first_key_value().map(|(end, _)| (*end).max(0) as Time)
     }
 }
 
-/// Rows of every width, tagged with the width's index in [`BarsConfig::widths`].
-pub fn bar_revisions<'scope>(
-    bars: VecCollection<'scope, Time, (BarKey, BarAcc)>,
-    cfg: BarsConfig,
-) -> StreamVec<'scope, Time, (u8, Bar)> {
-    bars.inner.unary_frontier(Pipeline, "BarRevisions", move |initial, _info| {
-        // Updates not yet final, by time.
-        let mut updates: BTreeMap<Time, HashMap<BarKey, Change>> = BTreeMap::new();
-        let mut revisions = Revisions { widths: cfg.widths, state: HashMap::new(), unwritten: BTreeSet::new() };
-        // Held at the least time a row may still leave at: the input frontier (changes yet to
-        // come), the earliest pending change, or the earliest unwritten window end.
-        let mut cap: Option<Capability<Time>> = Some(initial);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bars::Tick;
 
-        move |(input, frontier), output| {
-            input.for_each_stamp(|_, data| {
-                for ((key, acc), time, diff) in data.flat_map(|batch| batch.drain(..)) {
-                    let slot = updates.entry(time).or_default().entry(key).or_insert((None, 0));
-                    // A change arrives as (-old, +new); keep the value with positive weight.
-                    if diff > 0 {
-                        slot.0 = Some(acc);
-                    }
-                    slot.1 += diff;
-                }
-            });
+    fn partial(symbol: &str, ts: i64) -> BarAcc {
+        let tick =
+            Tick { symbol: symbol.into(), ts, partition: 0, offset: ts, price: 10.0, volume: 1.0, watermark: None };
+        BarAcc::new(&tick)
+    }
 
-            let frontier_time: Option<Time> = frontier.frontier().first().copied();
-            let mut rows: Vec<(Time, (u8, Bar))> = Vec::new();
-            while let Some(entry) = updates.first_entry() {
-                if frontier_time.is_some_and(|f| *entry.key() >= f) {
-                    break;
-                }
-                let (time, changes) = entry.remove_entry();
-                revisions.apply(time, changes, &mut rows);
+    #[test]
+    fn state_is_bounded_by_the_horizon_and_late_partials_revise() {
+        const MIN: i64 = 60_000;
+        let cfg = BarsConfig { widths: vec![MIN as u64], horizon_ms: 5 * MIN as u64 };
+        let mut revisions = Revisions::new(cfg);
+        let mut rows = Rows::new();
+        for minute in 0..100 {
+            let time = minute * MIN;
+            let mut partials = HashMap::new();
+            for symbol in ["A", "B", "C"] {
+                partials.insert((0, symbol.into(), time), partial(symbol, time + 1));
             }
-            revisions.write_due(frontier_time.map_or(i64::MAX, |f| f as i64), &mut rows);
-
-            if let Some(c) = cap.as_mut() {
-                rows.sort_by_key(|(time, _)| *time);
-                let mut rows = rows.into_iter().peekable();
-                while let Some((time, _)) = rows.peek() {
-                    let at = c.delayed(&(*time).max(*c.time()));
-                    let time = *time;
-                    let mut session = output.session(&at);
-                    while let Some((_, row)) = rows.next_if(|(t, _)| *t == time) {
-                        session.give(row);
-                    }
-                }
-                let pending_update = updates.first_key_value().map(|(t, _)| *t);
-                let pending_end = revisions.unwritten.first().map(|(end, _)| *end as Time);
-                match [frontier_time, pending_update, pending_end].into_iter().flatten().min() {
-                    None => cap = None,
-                    Some(low) => c.downgrade(&low.max(*c.time())),
-                }
+            if minute >= 3 {
+                // A late trade for "A" two windows back: its bar is written, so this revises it.
+                partials.insert((0, "A".into(), time - 2 * MIN), partial("A", time - 2 * MIN + 7));
             }
+            revisions.apply(time as Time, partials, &mut rows);
+            revisions.write_due(time, &mut rows);
+            revisions.expire(time);
+            // Windows [t - 5m, t] of three symbols at most: older ones have expired.
+            assert!(revisions.state.len() <= 3 * 7, "{} bars held at minute {minute}", revisions.state.len());
+            assert!(revisions.expiring.values().map(Vec::len).sum::<usize>() == revisions.state.len());
         }
-    })
+        let revised: Vec<_> = rows.iter().filter(|(_, (_, bar))| bar.revision == 1).collect();
+        assert_eq!(revised.len(), 97);
+        assert!(revised.iter().all(|(_, (_, bar))| bar.symbol == "A" && bar.trade_count == 2));
+        // Every bar whose window has ended got its revision 0, once.
+        assert_eq!(rows.iter().filter(|(_, (_, bar))| bar.revision == 0).count(), 3 * 99);
+    }
 }
