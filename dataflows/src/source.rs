@@ -6,7 +6,7 @@
 //! batches, one container per timely time, never one message per trade.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,13 @@ use crate::clean::{clean, quarantine_payload};
 use crate::resume::{Crossing, Resume, Tracker, expiry};
 use crate::time::{PartitionClock, TimeConfig};
 use crate::trade::{Quarantined, Trade};
+
+/// How many batches of records a source may have sent that the end of the pipeline has not
+/// yet passed. Timely has no backpressure of its own: without a bound, a worker that reads
+/// faster than its peers process their share fills the exchange channels without limit. A
+/// bound above one batch keeps the pipeline full, so the source never waits for the rest of
+/// its own worker to drain.
+const MAX_LEAD_BATCHES: usize = 4;
 
 /// One record of the log, borrowed from the client's buffer for the duration of a callback.
 #[derive(Clone, Copy, Debug)]
@@ -146,10 +153,8 @@ pub struct SourceStreams<'scope, E> {
 
 /// Builds the source operator reading `source` into cleaned, event-timed streams.
 ///
-/// `downstream` observes the end of the pipeline: the source reads nothing new while the
-/// pipeline has not finished the times before the source's own frontier. Timely has no
-/// backpressure of its own, and without this a worker that reads faster than its peers
-/// process their share fills the exchange channels without bound.
+/// `downstream` observes the end of the pipeline: the source reads nothing new while more than
+/// [`MAX_LEAD_BATCHES`] batches it sent are at times the pipeline has not finished.
 ///
 /// Records already committed before a restart (`cfg.resume`) rebuild bar state through
 /// `ticks` but are not emitted again as trades or quarantine.
@@ -210,6 +215,9 @@ pub fn log_source<'scope, S: RecordSource>(
         let started = Instant::now();
         let mut last_record: HashMap<i32, Instant> = clocks.keys().map(|p| (*p, started)).collect();
         let mut delivered: Vec<i32> = Vec::new();
+        // Records sent downstream, by the newest time of the activation that sent them, until
+        // the end of the pipeline has passed that time.
+        let mut lead: VecDeque<(Time, usize)> = VecDeque::new();
 
         if clocks.is_empty() {
             // More workers than partitions: this worker has nothing to read.
@@ -230,12 +238,20 @@ pub fn log_source<'scope, S: RecordSource>(
                 return;
             }
             let floor = *trades_cap.time();
-            if downstream.less_than(&floor) {
-                // Behind us: let the rest of the dataflow (here and at peers) catch up.
+            while lead.front().is_some_and(|(time, _)| !downstream.less_equal(time)) {
+                lead.pop_front();
+            }
+            // Only records below the floor count: the pipeline cannot finish the source's own
+            // current time before the source moves on, so waiting for those would never end.
+            let behind: usize = lead.iter().filter(|(time, _)| *time < floor).map(|(_, n)| n).sum();
+            if behind >= MAX_LEAD_BATCHES * cfg.batch.max(1) {
+                // Far ahead: let the rest of the dataflow (here and at peers) catch up.
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
+            let mut read = 0;
             let polled = source.poll(cfg.batch, &mut |rec: RawRecord<'_>| {
+                read += 1;
                 if delivered.last() != Some(&rec.partition) {
                     delivered.push(rec.partition);
                 }
@@ -287,6 +303,11 @@ pub fn log_source<'scope, S: RecordSource>(
                 }
             });
 
+            // Every record sent lies in a tick or a quarantine batch (trades are a subset of ticks).
+            let newest = [tick_batches.keys().next_back(), quarantine_batches.keys().next_back()];
+            if let Some(&newest) = newest.into_iter().flatten().max() {
+                lead.push_back((newest, read));
+            }
             let mut trades_session = trades_out.activate();
             for (time, mut batch) in std::mem::take(&mut trade_batches) {
                 trades_session.session(&trades_cap.delayed(&time)).give_container(&mut batch);
