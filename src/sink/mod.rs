@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use dataflows::{Bar, Quarantined, Time, Trade};
+use dataflows::{Bar, Quarantined, Reason, Time, Trade};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
@@ -126,6 +126,8 @@ pub fn lake_sink<'scope>(
                 w.metrics.trades.inc_by(rows);
                 w.metrics.late.inc_by(late);
             });
+            // Labelled counters are looked up once per activation, not once per row.
+            let mut reasons = [0u64; Reason::ALL.len()];
             quarantine_in.for_each_stamp(|stamp, data| {
                 let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
                 for q in data.flat_map(|b| b.drain(..)) {
@@ -133,29 +135,37 @@ pub fn lake_sink<'scope>(
                         // Partitioned by Kafka timestamp; by the record's event-time stamp
                         // when the broker gave none.
                         let at = q.kafka_ts.unwrap_or(q.time as i64);
-                        w.metrics.quarantine(q.reason.as_str(), 1);
+                        reasons[q.reason as usize] += 1;
                         result = w.quarantine.push(epoch, hour_of(at), &q, &mut w.files);
                     }
                 }
             });
+            for (reason, n) in Reason::ALL.iter().zip(reasons).filter(|(_, n)| *n > 0) {
+                w.metrics.quarantine(reason.as_str(), n);
+            }
+            let mut bar_rows = vec![0u64; w.bars.len()];
+            let mut revisions = 0;
             bars_in.for_each_stamp(|stamp, data| {
                 let time = stamp.least().copied().unwrap_or(0);
                 let epoch = epoch_of(time);
                 for (width, b) in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() && time >= committed {
-                        if let Some(table) = w.bar_tables.get(width as usize) {
-                            w.metrics.bar_rows(table, 1);
-                        }
-                        if b.revision > 0 {
-                            w.metrics.revisions.inc();
-                        }
+                        revisions += u64::from(b.revision > 0);
                         result = match w.bars.get_mut(width as usize) {
-                            Some(table) => table.push(epoch, hour_of(b.window_start), &b, &mut w.files),
+                            Some(table) => {
+                                bar_rows[width as usize] += 1;
+                                table.push(epoch, hour_of(b.window_start), &b, &mut w.files)
+                            }
                             None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
                         };
                     }
                 }
             });
+
+            for (table, n) in w.bar_tables.iter().zip(bar_rows).filter(|(_, n)| *n > 0) {
+                w.metrics.bar_rows(table, n);
+            }
+            w.metrics.revisions.inc_by(revisions);
 
             // Epochs at or below the frontier are complete: close their files.
             let frontier = frontiers.iter().filter_map(|f| f.frontier().first().copied()).min();
