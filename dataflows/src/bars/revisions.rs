@@ -21,13 +21,65 @@ struct BarState {
     written: Option<u32>,
 }
 
+/// The live bars of a worker: a key index into slots that are reused once a bar expires.
+///
+/// Growing a hash table rehashes into a second table twice the size while the first is still
+/// held; with the accumulators inline that transient was the worker's peak memory (hundreds
+/// of MB at 10k symbols). Here the table holds only key and slot number, and the slots grow
+/// by reallocation, which for large vectors the allocator does by remapping pages.
+#[derive(Default)]
+struct Live {
+    index: HashMap<BarKey, u32>,
+    slots: Vec<BarState>,
+    free: Vec<u32>,
+}
+
+impl Live {
+    fn get_mut(&mut self, key: &BarKey) -> Option<&mut BarState> {
+        let slot = *self.index.get(key)?;
+        self.slots.get_mut(slot as usize)
+    }
+
+    fn insert(&mut self, key: BarKey, state: BarState) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = state;
+                slot
+            }
+            None => {
+                self.slots.push(state);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, slot);
+    }
+
+    fn remove(&mut self, key: &BarKey) {
+        if let Some(slot) = self.index.remove(key) {
+            self.free.push(slot);
+        }
+    }
+
+    /// Gives back memory after a burst of bars has expired.
+    fn shrink(&mut self) {
+        if self.index.capacity() > 4 * self.index.len().max(1024) {
+            self.index.shrink_to_fit();
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
 /// Bar rows with the timely time each leaves at.
 pub(super) type Rows = Vec<(Time, (u8, Bar))>;
 
 /// The live bars of one worker and their revision numbering.
 pub(super) struct Revisions {
     cfg: BarsConfig,
-    state: HashMap<BarKey, BarState>,
+    state: Live,
     /// Bars whose revision 0 is still to be written, by window end.
     unwritten: BTreeMap<i64, Vec<BarKey>>,
     /// Every live bar, by the time its state can be dropped.
@@ -36,7 +88,7 @@ pub(super) struct Revisions {
 
 impl Revisions {
     pub(super) fn new(cfg: BarsConfig) -> Self {
-        Revisions { cfg, state: HashMap::new(), unwritten: BTreeMap::new(), expiring: BTreeMap::new() }
+        Revisions { cfg, state: Live::default(), unwritten: BTreeMap::new(), expiring: BTreeMap::new() }
     }
 
     fn window_end(&self, key: &BarKey) -> i64 {
@@ -109,10 +161,7 @@ impl Revisions {
                 self.state.remove(&key);
             }
         }
-        if self.state.capacity() > 4 * self.state.len().max(1024) {
-            // After a burst of symbols the table would otherwise keep its largest size.
-            self.state.shrink_to_fit();
-        }
+        self.state.shrink();
     }
 
     /// The earliest window end whose revision 0 is still to be written.
