@@ -74,9 +74,16 @@ impl WriteStats {
     }
 }
 
+/// Columns whose values are (nearly) all distinct. A dictionary cannot shrink them, but
+/// building one costs a hash per value until the writer gives up on it; ZSTD compresses
+/// their plain pages as well.
+const NEARLY_UNIQUE: [&str; 4] = ["kafka_offset", "trade_ts", "ingest_ts", "payload"];
+
 /// How every Parquet file of the lake is written (ZSTD, the writer named).
 pub fn properties() -> WriterProperties {
-    WriterProperties::builder()
+    NEARLY_UNIQUE
+        .iter()
+        .fold(WriterProperties::builder(), |b, column| b.set_column_dictionary_enabled((*column).into(), false))
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_created_by(concat!("stockflow ", env!("CARGO_PKG_VERSION")).to_owned())
         .build()
