@@ -153,8 +153,9 @@ pub struct SourceStreams<'scope, E> {
 
 /// Builds the source operator reading `source` into cleaned, event-timed streams.
 ///
-/// `downstream` observes the end of the pipeline: the source reads nothing new while more than
-/// [`MAX_LEAD_BATCHES`] batches it sent are at times the pipeline has not finished.
+/// `downstream` observes the end of the pipeline: the source reads nothing new while
+/// [`MAX_LEAD_BATCHES`] batches or more that it sent below its own frontier are at times the
+/// pipeline has not finished.
 ///
 /// Records already committed before a restart (`cfg.resume`) rebuild bar state through
 /// `ticks` but are not emitted again as trades or quarantine.
@@ -306,7 +307,11 @@ pub fn log_source<'scope, S: RecordSource>(
             // Every record sent lies in a tick or a quarantine batch (trades are a subset of ticks).
             let newest = [tick_batches.keys().next_back(), quarantine_batches.keys().next_back()];
             if let Some(&newest) = newest.into_iter().flatten().max() {
-                lead.push_back((newest, read));
+                // One entry per time, so a time that lasts many activations costs one entry.
+                match lead.back_mut() {
+                    Some((time, n)) if *time == newest => *n += read,
+                    _ => lead.push_back((newest, read)),
+                }
             }
             let mut trades_session = trades_out.activate();
             for (time, mut batch) in std::mem::take(&mut trade_batches) {
