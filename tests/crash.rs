@@ -160,21 +160,29 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         workers_used.insert(workers);
         let before = commits(&crashed);
         let mut child = job(&kafka.brokers, &crashed, workers, false).spawn().expect("job");
-        if produced % 12_500 == 0 {
-            // A graceful stop: once this run has committed, SIGTERM must commit what is
-            // complete and exit 0.
+        let wait_for_a_commit = |child: &mut Child| {
             let waiting = Instant::now();
             while commits(&crashed) == before {
                 assert!(child.try_wait().expect("try_wait").is_none(), "job exited before committing");
                 assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
                 std::thread::sleep(Duration::from_millis(20));
             }
+        };
+        if produced % 12_500 == 0 {
+            // A graceful stop: once this run has committed, SIGTERM must commit what is
+            // complete and exit 0.
+            wait_for_a_commit(&mut child);
             let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
             assert!(term.success());
             let out = child.wait_with_output().expect("wait");
             assert!(out.status.success(), "SIGTERM: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
             terms += 1;
             continue;
+        }
+        if kills % 4 == 0 {
+            // Every fourth kill comes after this run has committed (how soon a run commits
+            // depends on the machine's load, so random delays alone may never get there).
+            wait_for_a_commit(&mut child);
         }
         let deadline = Instant::now() + Duration::from_millis(rng.u64(30..1_500));
         // A run that fails on its own (rather than by the kill) is a bug: check it is alive.
