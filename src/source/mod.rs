@@ -99,8 +99,8 @@ impl KafkaSource {
             // Records that vanished before we read them are a loss to report, not to skip.
             .set("auto.offset.reset", "error")
             // Once the prefetch queue is full, librdkafka waits this long before fetching that
-            // partition again (default 1 s). A worker drains a full queue in far less, then
-            // sat idle for the rest of the second: a short backoff keeps the queue fed.
+            // partition again (default 1 s). A worker drains a full queue in far less and would
+            // then sit idle for the rest of the second: a short backoff keeps the queue fed.
             .set("fetch.queue.backoff.ms", "20")
             .create_with_context(SourceContext::default())
             .map_err(KafkaSetupError::Config)?;
