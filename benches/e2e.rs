@@ -1,10 +1,14 @@
-//! End to end, in trades/s: a topic on librdkafka's mock cluster pre-filled with the seeded
-//! simulator's trades, drained by the job (`--drain`: Kafka → clean → bars → Parquet →
-//! commit) into a fresh local lake at `-w 1` and `-w 2`; beside it, a bare librdkafka
-//! consumer reading the same records and touching every payload, the ceiling for any
-//! consumer of this broker on this machine.
+//! End to end, in trades/s, on topics of a production shape (Zipf-skewed symbols, gzip in
+//! 1 MB batches) with 4 and 64 partitions on librdkafka's mock cluster: the job draining
+//! each (`--drain`: Kafka → clean → bars → Parquet → commit) into a fresh local lake at `-w 1`
+//! and `-w 2`; beside it, a bare librdkafka consumer reading the same records and touching
+//! every payload, the ceiling for any consumer of this broker on this machine. After the
+//! runs it prints the job's rate as a share of the bare drain, per shape and worker count,
+//! and the 64-partition rate against the 4-partition one.
 //!
-//! `cargo bench --bench e2e` (`STOCKFLOW_BENCH_TRADES` sets the size, default 1M);
+//! `cargo bench --bench e2e` (`STOCKFLOW_BENCH_TRADES` sets the size, default 360k: the mock
+//! broker keeps the newest 5 MiB of batches a partition, about 100k of these trades, so
+//! four partitions hold only so many);
 //! `-- --test` runs each once.
 
 use std::collections::HashMap;
@@ -15,59 +19,25 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use stockflow::job::{self, ClusterConfig, JobConfig};
 use stockflow::kafka::KafkaConfig;
 use stockflow::lake::writer::WriterConfig;
-use stockflow::simulate::{Market, MarketConfig};
+use stockflow::simulate::topic::{TopicShape, generate, produce};
 use stockflow::sink::SinkConfig;
 
-/// The mock broker keeps at most 5 MiB of record batches a partition (~200k lz4-compressed
-/// trades); stay well below.
-const PER_PARTITION: usize = 50_000;
+/// Partition counts of the measured topics.
+const SHAPES: [i32; 2] = [4, 64];
 
-/// Trades in the topic: 1M (or `STOCKFLOW_BENCH_TRADES`) under `cargo bench`, which passes
+/// Trades in each topic: 360k (or `STOCKFLOW_BENCH_TRADES`) under `cargo bench`, which passes
 /// --bench; 20k for the quick run of `cargo test --all-targets` or `-- --test`.
 fn trades() -> usize {
-    let full = std::env::args().any(|a| a == "--bench") && !std::env::args().any(|a| a == "--test");
-    let default = if full { 1_000_000 } else { 20_000 };
+    let default = if measuring() { 360_000 } else { 20_000 };
     std::env::var("STOCKFLOW_BENCH_TRADES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Fills `topic` with `n` trade records keyed by symbol, as ingest writes them.
-fn fill(kafka: &KafkaConfig, n: usize) {
-    let producer: BaseProducer = kafka
-        .client_config()
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
-    let cfg = MarketConfig { symbols: 1_000, ..Default::default() };
-    let subscribed = vec![true; cfg.symbols];
-    let mut market = Market::new(cfg);
-    let mut sent = 0;
-    while sent < n {
-        let Some(frame) = market.next_frame(&subscribed, n - sent) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&frame.text) else { continue };
-        for t in v["data"].as_array().into_iter().flatten() {
-            let payload = t.to_string();
-            let key = t["s"].as_str().unwrap_or_default().to_owned();
-            let mut record = BaseRecord::to(&kafka.topic).payload(&payload).key(&key);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-            sent += 1;
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("flush");
+fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench") && !std::env::args().any(|a| a == "--test")
 }
 
 /// Reads every record of the topic once with `consumers` plain consumers on as many threads
@@ -104,50 +74,94 @@ fn bare_drain(kafka: &KafkaConfig, ends: &HashMap<i32, i64>, consumers: usize) -
 fn end_to_end(c: &mut Criterion) {
     let n = trades();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let partitions = n.div_ceil(PER_PARTITION).max(4) as i32;
-    let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic: "trades".into(), properties: vec![] };
-    mock.create_topic(&kafka.topic, partitions, 1).expect("topic");
-    fill(&kafka, n);
-    let watermarks = kafka.watermarks(partitions).expect("watermarks");
-    assert!(watermarks.values().all(|(low, _)| *low == 0), "the mock broker dropped records: {watermarks:?}");
-    let ends = stockflow::kafka::ends(&watermarks);
-    assert_eq!(ends.values().sum::<i64>() as usize, n);
+    for partitions in SHAPES {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        let kafka = KafkaConfig { brokers: mock.bootstrap_servers(), topic: "trades".into(), properties: vec![] };
+        mock.create_topic(&kafka.topic, partitions, 1).expect("topic");
+        let shape = TopicShape { records: n, partitions, ..Default::default() };
+        produce(&kafka, &shape, &generate(&shape)).expect("fill the topic");
+        let watermarks = kafka.watermarks(partitions).expect("watermarks");
+        assert!(watermarks.values().all(|(low, _)| *low == 0), "the mock broker dropped records: {watermarks:?}");
+        let ends = stockflow::kafka::ends(&watermarks);
+        assert_eq!(ends.values().sum::<i64>() as usize, n);
 
-    let mut group = c.benchmark_group("e2e");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(30));
-    group.throughput(Throughput::Elements(n as u64));
-    for workers in [1, 2] {
-        group.bench_function(format!("bare_drain_w{workers}"), |b| b.iter(|| bare_drain(&kafka, &ends, workers)));
-        group.bench_function(format!("kafka_to_lake_w{workers}"), |b| {
-            b.iter(|| {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let cfg = JobConfig {
-                    kafka: kafka.clone(),
-                    lake: dir.path().to_string_lossy().into_owned(),
-                    lake_options: Default::default(),
-                    time: Default::default(),
-                    bars: Default::default(),
-                    idle_timeout: None,
-                    sink: SinkConfig {
-                        commit_interval_ms: 3_600_000,
-                        bar_widths: dataflows::bars::BarsConfig::default().widths,
-                        writer: WriterConfig::default(),
-                    },
-                    cluster: ClusterConfig::local(workers),
-                    drain: true,
-                };
-                let report = job::run(cfg, job::Controls::default(), rt.handle().clone()).expect("job");
-                assert_eq!(
-                    report.written.rows.get("trades").copied().unwrap_or(0) as usize
-                        + report.written.rows.get("quarantine").copied().unwrap_or(0) as usize,
-                    n
-                );
-            })
-        });
+        let mut group = c.benchmark_group(format!("e2e_p{partitions}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(20));
+        group.throughput(Throughput::Elements(n as u64));
+        for workers in [1, 2] {
+            group.bench_function(format!("bare_drain_w{workers}"), |b| b.iter(|| bare_drain(&kafka, &ends, workers)));
+            group.bench_function(format!("kafka_to_lake_w{workers}"), |b| {
+                b.iter(|| {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let cfg = JobConfig {
+                        kafka: kafka.clone(),
+                        lake: dir.path().to_string_lossy().into_owned(),
+                        lake_options: Default::default(),
+                        time: Default::default(),
+                        bars: Default::default(),
+                        read: Default::default(),
+                        sink: SinkConfig {
+                            commit_interval_ms: 3_600_000,
+                            bar_widths: dataflows::bars::BarsConfig::default().widths,
+                            writer: WriterConfig::default(),
+                        },
+                        cluster: ClusterConfig::local(workers),
+                        drain: true,
+                    };
+                    let report = job::run(cfg, job::Controls::default(), rt.handle().clone()).expect("job");
+                    assert_eq!(
+                        report.written.rows.get("trades").copied().unwrap_or(0) as usize
+                            + report.written.rows.get("quarantine").copied().unwrap_or(0) as usize,
+                        n
+                    );
+                })
+            });
+        }
+        group.finish();
+        drop(mock);
     }
-    group.finish();
+    if measuring() {
+        summary();
+    }
+}
+
+/// Criterion's mean time of one benchmark of this run, seconds.
+fn mean(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = format!("{dir}/criterion/{group}/{id}/new/estimates.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(json["mean"]["point_estimate"].as_f64()? / 1e9)
+}
+
+/// The job's rate as a share of the bare drain per shape and worker count, and the widest
+/// shape's rate against the narrowest one's.
+fn summary() {
+    let n = trades() as f64;
+    let rate = |p: i32, id: String| mean(&format!("e2e_p{p}"), &id).map(|s| n / s);
+    println!("\nshape        workers  bare drain/s   job/s   job/bare");
+    for p in SHAPES {
+        for w in [1, 2] {
+            if let (Some(bare), Some(job)) =
+                (rate(p, format!("bare_drain_w{w}")), rate(p, format!("kafka_to_lake_w{w}")))
+            {
+                println!("{p:>3} partitions  -w {w}  {bare:>11.0}  {job:>8.0}  {:>7.2}", job / bare);
+            }
+        }
+    }
+    for w in [1, 2] {
+        let (narrow, wide) = (SHAPES[0], SHAPES[SHAPES.len() - 1]);
+        if let (Some(a), Some(b)) =
+            (rate(narrow, format!("kafka_to_lake_w{w}")), rate(wide, format!("kafka_to_lake_w{w}")))
+        {
+            println!("-w {w}: {wide} partitions at {:.2} of the {narrow}-partition rate", b / a);
+        }
+    }
+    if let (Some(one), Some(two)) =
+        (rate(SHAPES[0], "kafka_to_lake_w1".into()), rate(SHAPES[0], "kafka_to_lake_w2".into()))
+    {
+        println!("-w 2 / -w 1 at {} partitions: {:.2}", SHAPES[0], two / one);
+    }
 }
 
 criterion_group!(benches, end_to_end);

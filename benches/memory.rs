@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use dataflows::bars::BarsConfig;
-use dataflows::source::{SourceConfig, WatermarkBoard};
+use dataflows::source::SourceConfig;
 use dataflows::{RawRecord, RecordSource, SourcePoll, build_pipeline};
 use timely::dataflow::operators::Probe;
 
@@ -81,7 +81,6 @@ fn peak_rss_kib() -> u64 {
 
 fn child(trades: u64) {
     let started = Instant::now();
-    let board = std::sync::Arc::new(WatermarkBoard::default());
     let bars = BarsConfig { widths: vec![60_000, 300_000, 3_600_000], horizon_ms: 3_600_000 };
     let result = timely::execute(timely::Config::process(2), move |worker| {
         let index = worker.index();
@@ -92,7 +91,7 @@ fn child(trades: u64) {
             rng: fastrand::Rng::with_seed(index as u64),
             buf: Vec::new(),
         };
-        let cfg = SourceConfig { board: Some(std::sync::Arc::clone(&board)), ..Default::default() };
+        let cfg = SourceConfig::default();
         let probe = worker.dataflow(|scope| build_pipeline(scope, source, cfg, bars.clone()).bars.probe().0);
         while !probe.done() {
             worker.step();

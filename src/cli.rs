@@ -14,6 +14,7 @@ use crate::kafka::{KafkaConfig, parse_property};
 use crate::lake::LakeOptions;
 use crate::lake::writer::WriterConfig;
 use crate::sink::SinkConfig;
+use crate::source::ReadConfig;
 
 /// Finnhub trades through Kafka and timely dataflow into an exactly-once, Athena-ready
 /// Parquet lake.
@@ -202,6 +203,28 @@ pub struct DevKafkaArgs {
     /// Also write the bootstrap address to this file (written whole, once the broker is up).
     #[arg(long)]
     pub port_file: Option<PathBuf>,
+    /// Fill the topic with this many seeded trades of a production shape before serving
+    /// (the mock broker keeps ~100k records or 5 MiB a partition: use enough partitions).
+    #[arg(long, value_name = "TRADES")]
+    pub fill: Option<usize>,
+    /// Distinct symbols of `--fill`.
+    #[arg(long, default_value_t = 500, requires = "fill")]
+    pub fill_symbols: usize,
+    /// Key skew of `--fill`: `zipf` (exponent 1.1) or `uniform`.
+    #[arg(long, default_value = "zipf", value_parser = ["zipf", "uniform"], requires = "fill")]
+    pub fill_keys: String,
+    /// Producer compression of `--fill` (none, gzip, lz4, zstd, snappy).
+    #[arg(long, default_value = "gzip", requires = "fill")]
+    pub fill_compression: String,
+    /// Producer batch size of `--fill`: large batches make each fetch one big batch.
+    #[arg(long, default_value = "1MB", value_parser = parse_bytes, requires = "fill")]
+    pub fill_batch: usize,
+    /// Event time `--fill` spans, ending now.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, requires = "fill")]
+    pub fill_span: Duration,
+    /// Seed of `--fill`.
+    #[arg(long, default_value_t = 1, requires = "fill")]
+    pub fill_seed: u64,
 }
 
 /// Kafka connection flags shared by the job and ingest.
@@ -257,6 +280,17 @@ pub struct JobArgs {
     /// Silence after which a partition stops holding the watermark back.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// How far a trade's time may lie after its Kafka timestamp; later ones are bad ticks,
+    /// quarantined as future_timestamp so they never move the watermark.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Watermark alignment: how far a partition's event time may run ahead of its worker's
+    /// slowest partition before it is paused (resumed within half of it).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_drift: Duration,
+    /// How often the topic is checked for partitions added while the job runs.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub partition_discovery: Duration,
     /// Event-time interval at which files are closed and committed.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub commit_interval: Duration,
@@ -277,7 +311,11 @@ pub struct JobArgs {
 impl JobArgs {
     /// The job's configuration, with cross-flag rules checked.
     pub fn config(&self) -> Result<JobConfig, String> {
-        let time = TimeConfig { window_ms: millis(self.window), lateness_ms: millis(self.lateness) };
+        let time = TimeConfig {
+            window_ms: millis(self.window),
+            lateness_ms: millis(self.lateness),
+            max_skew_ms: millis(self.max_clock_skew),
+        };
         let bars = BarsConfig {
             widths: self.bars.iter().map(|d| millis(*d)).collect(),
             horizon_ms: millis(self.revision_horizon),
@@ -298,7 +336,11 @@ impl JobArgs {
                 },
             },
             bars,
-            idle_timeout: Some(self.idle_timeout),
+            read: ReadConfig {
+                idle_timeout: Some(self.idle_timeout),
+                max_drift: Some(self.max_drift),
+                discovery: Some(self.partition_discovery),
+            },
             cluster: ClusterConfig {
                 workers: self.workers,
                 processes: self.processes,

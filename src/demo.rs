@@ -110,7 +110,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         lake_options: Default::default(),
         time: window,
         bars: BarsConfig::default(),
-        idle_timeout: None,
+        read: Default::default(),
         sink: SinkConfig {
             // The simulated clock runs far ahead of wall time: commit hourly so files are large.
             commit_interval_ms: 3_600_000,

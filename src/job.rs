@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dataflows::bars::BarsConfig;
-use dataflows::source::{SourceConfig, WatermarkBoard};
+use dataflows::source::SourceConfig;
 use dataflows::{Time, TimeConfig, build_pipeline};
 use timely::{CommunicationConfig, WorkerConfig};
 use tokio::runtime::Handle;
@@ -26,7 +26,8 @@ use crate::lake::writer::WriteStats;
 use crate::lake::{Lake, LakeError, LakeOptions};
 use crate::metrics::JobMetrics;
 use crate::sink::{LakeWriter, SinkConfig, lake_sink};
-use crate::source::{KafkaSource, SourceError, StopAt};
+use crate::source::discover::{self, TopicPartitions};
+use crate::source::{KafkaSource, ReadConfig, SourceError, StopAt};
 
 /// Timely's cluster shape: `-w` threads per process, `-n` processes, this one `-p`, peers in
 /// the `-h` host file (one `host:port` a line, in process order).
@@ -102,8 +103,8 @@ pub struct JobConfig {
     pub time: TimeConfig,
     /// Bar widths and revision horizon.
     pub bars: BarsConfig,
-    /// Silence after which a partition stops holding the frontier back.
-    pub idle_timeout: Option<Duration>,
+    /// Idleness, watermark alignment and partition discovery.
+    pub read: ReadConfig,
     /// Commit interval, file sizing.
     pub sink: SinkConfig,
     /// Cluster shape.
@@ -148,6 +149,7 @@ impl JobConfig {
             bar_widths_ms: self.bars.widths.clone(),
             horizon_ms: self.bars.horizon_ms,
             commit_interval_ms: self.sink.commit_interval_ms,
+            max_skew_ms: self.time.max_skew_ms,
         }
     }
 }
@@ -194,19 +196,12 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     } else {
         runtime.block_on(read_newest(&lake, &cfg.settings()))?
     };
-    let mut starts = recovery.starts();
-    for (p, (low, _)) in &watermarks {
-        match starts.get(p) {
-            // Records the restart needs were deleted by retention while the job was down.
-            Some(&replay) if replay < *low => {
-                return Err(JobError::Kafka(KafkaSetupError::Retention { partition: *p, replay, low: *low }));
-            }
-            Some(_) => {}
-            None => {
-                starts.insert(*p, *low);
-            }
-        }
-    }
+    let known = TopicPartitions::new(start_offsets(&recovery, &watermarks)?);
+    // A drain reads to the end offsets it saw at start: partitions added later were empty then.
+    let _discovery = match cfg.read.discovery {
+        Some(every) if !cfg.drain => Some(discover::spawn(&runtime, cfg.kafka.clone(), Arc::clone(&known), every)),
+        _ => None,
+    };
     let stop = controls.stop.clone();
     if cfg.drain {
         // Ignore a stop already set by the caller: it holds the same kind of end offsets.
@@ -223,7 +218,6 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     );
 
     let abort = Arc::new(AtomicBool::new(false));
-    let board = Arc::new(WatermarkBoard::default());
     let recovered = recovery.committed();
     let pause = Arc::clone(&controls.pause);
     let metrics = controls.metrics.clone();
@@ -233,9 +227,8 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
             stop: &stop,
             runtime: &runtime,
             abort: &abort,
-            board: &board,
             recovery: &recovery,
-            starts: &starts,
+            known: &known,
             pause: &pause,
             run: &run_id,
             metrics: &metrics,
@@ -273,15 +266,35 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     Ok(report)
 }
 
+/// Where each partition starts reading: a restart's replay offset, or the first offset the
+/// broker holds. Records a restart needs that retention deleted, or a partition the lake never
+/// read that no longer starts at offset 0, are a clear error instead of a silent skip.
+fn start_offsets(
+    recovery: &Recovery,
+    watermarks: &HashMap<i32, (i64, i64)>,
+) -> Result<std::collections::BTreeMap<i32, i64>, KafkaSetupError> {
+    let replays = recovery.starts();
+    let mut starts = std::collections::BTreeMap::new();
+    for (&partition, &(low, _)) in watermarks {
+        let start = match replays.get(&partition) {
+            Some(&replay) if replay < low => return Err(KafkaSetupError::Retention { partition, replay, low }),
+            Some(&replay) => replay,
+            None if recovery.last.is_some() && low > 0 => return Err(KafkaSetupError::Unread { partition, low }),
+            None => low,
+        };
+        starts.insert(partition, start);
+    }
+    Ok(starts)
+}
+
 /// What the workers of one process share.
 struct Shared<'a> {
     lake: &'a Lake,
     stop: &'a StopAt,
     runtime: &'a Handle,
     abort: &'a AtomicBool,
-    board: &'a Arc<WatermarkBoard>,
     recovery: &'a Recovery,
-    starts: &'a HashMap<i32, i64>,
+    known: &'a Arc<TopicPartitions>,
     pause: &'a Arc<AtomicBool>,
     run: &'a str,
     metrics: &'a JobMetrics,
@@ -325,9 +338,9 @@ fn run_worker(
     partitions: i32,
     shared: Shared<'_>,
 ) -> Result<WorkerReport, JobError> {
-    let Shared { lake, stop, runtime, abort, board, recovery, starts, pause, run, metrics } = shared;
+    let Shared { lake, stop, runtime, abort, recovery, known, pause, run, metrics } = shared;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::new(&cfg.kafka, partitions, index, peers, starts, Arc::clone(stop), metrics.clone())?;
+    let source = KafkaSource::new(&cfg.kafka, known, index, peers, Arc::clone(stop), metrics.clone())?;
     let writer =
         Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, run, runtime.clone(), &cfg.sink, metrics.clone())));
     let queue = (index == 0).then(|| {
@@ -338,8 +351,8 @@ fn run_worker(
     let (source_error, sink_error) = worker.dataflow(|scope| {
         let source_cfg = SourceConfig {
             time: cfg.time,
-            idle_timeout: cfg.idle_timeout,
-            board: Some(Arc::clone(board)),
+            idle_timeout: cfg.read.idle_timeout,
+            max_drift_ms: cfg.read.max_drift.map(|d| d.as_millis().min(u64::MAX as u128) as u64),
             clocks: recovery.clocks(),
             resume: recovery.resume(),
             pause: Some(Arc::clone(pause)),

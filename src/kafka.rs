@@ -33,6 +33,18 @@ pub enum KafkaSetupError {
         /// The bootstrap list.
         brokers: String,
     },
+    /// A partition the lake never read no longer starts at offset 0.
+    #[error(
+        "partition {partition} was never read by this lake and now starts at offset {low}: retention deleted \
+         records before the job read them (a partition added while the job was down, or a lake started after its \
+         commits on an older topic)"
+    )]
+    Unread {
+        /// The partition.
+        partition: i32,
+        /// Its first offset.
+        low: i64,
+    },
     /// The log no longer holds records a restart must replay.
     #[error(
         "partition {partition} must be replayed from offset {replay}, but the topic now starts at {low} (retention \
@@ -75,22 +87,15 @@ impl KafkaConfig {
         self.client_config().create_native_config().map(|_| ()).map_err(KafkaSetupError::Config)
     }
 
-    fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaSetupError> {
-        self.client_config().create().map_err(KafkaSetupError::Config)
+    /// A client for metadata look-ups.
+    pub fn metadata(&self) -> Result<Metadata<'_>, KafkaSetupError> {
+        let consumer = self.client_config().create().map_err(KafkaSetupError::Config)?;
+        Ok(Metadata { cfg: self, consumer })
     }
 
     /// The number of partitions of the topic; fails clearly if brokers or topic are missing.
     pub fn partition_count(&self) -> Result<i32, KafkaSetupError> {
-        let consumer = self.metadata_consumer()?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), METADATA_TIMEOUT)
-            .map_err(|source| KafkaSetupError::Unreachable { brokers: self.brokers.clone(), source })?;
-        let missing = || KafkaSetupError::MissingTopic { topic: self.topic.clone(), brokers: self.brokers.clone() };
-        let topic = metadata.topics().iter().find(|t| t.name() == self.topic).ok_or_else(missing)?;
-        if topic.error().is_some() || topic.partitions().is_empty() {
-            return Err(missing());
-        }
-        Ok(topic.partitions().len() as i32)
+        self.metadata()?.partition_count()
     }
 
     /// The end offset (next offset to be written) of each partition: where a drain stops.
@@ -101,15 +106,38 @@ impl KafkaConfig {
     /// `(low, high)` watermarks of each partition: the first offset still held and the next
     /// offset to be written.
     pub fn watermarks(&self, partitions: i32) -> Result<HashMap<i32, (i64, i64)>, KafkaSetupError> {
-        let consumer = self.metadata_consumer()?;
-        (0..partitions)
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(&self.topic, p, METADATA_TIMEOUT)
-                    .map(|w| (p, w))
-                    .map_err(|source| KafkaSetupError::Unreachable { brokers: self.brokers.clone(), source })
-            })
-            .collect()
+        let metadata = self.metadata()?;
+        (0..partitions).map(|p| metadata.watermark(p).map(|w| (p, w))).collect()
+    }
+}
+
+/// An open client for metadata look-ups: one connection for many requests (a discovery loop
+/// must not pay a TLS or SASL handshake per refresh).
+pub struct Metadata<'a> {
+    cfg: &'a KafkaConfig,
+    consumer: BaseConsumer,
+}
+
+impl Metadata<'_> {
+    fn unreachable(&self, source: KafkaError) -> KafkaSetupError {
+        KafkaSetupError::Unreachable { brokers: self.cfg.brokers.clone(), source }
+    }
+
+    /// The number of partitions of the topic; fails clearly if brokers or topic are missing.
+    pub fn partition_count(&self) -> Result<i32, KafkaSetupError> {
+        let (topic, brokers) = (&self.cfg.topic, &self.cfg.brokers);
+        let metadata = self.consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT).map_err(|e| self.unreachable(e))?;
+        let missing = || KafkaSetupError::MissingTopic { topic: topic.clone(), brokers: brokers.clone() };
+        let found = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(missing)?;
+        if found.error().is_some() || found.partitions().is_empty() {
+            return Err(missing());
+        }
+        Ok(found.partitions().len() as i32)
+    }
+
+    /// `(low, high)` watermarks of partition `p`.
+    pub fn watermark(&self, p: i32) -> Result<(i64, i64), KafkaSetupError> {
+        self.consumer.fetch_watermarks(&self.cfg.topic, p, METADATA_TIMEOUT).map_err(|e| self.unreachable(e))
     }
 }
 

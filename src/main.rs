@@ -310,6 +310,14 @@ fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
     let mock = rdkafka::mocking::MockCluster::new(1).context("starting the mock cluster")?;
     mock.create_topic(&args.topic, args.partitions, 1).with_context(|| format!("creating topic {}", args.topic))?;
     let brokers = mock.bootstrap_servers();
+    if let Some(records) = args.fill {
+        let shape = fill_shape(&args, records);
+        let kafka =
+            stockflow::kafka::KafkaConfig { brokers: brokers.clone(), topic: args.topic.clone(), properties: vec![] };
+        let log = stockflow::simulate::topic::generate(&shape);
+        stockflow::simulate::topic::produce(&kafka, &shape, &log).context("filling the topic")?;
+        tracing::info!(records, partitions = args.partitions, "topic filled");
+    }
     if let Some(path) = &args.port_file {
         // Write then rename, so a reader never sees a partial address.
         let tmp = path.with_extension("tmp");
@@ -322,6 +330,24 @@ fn dev_kafka(args: DevKafkaArgs) -> anyhow::Result<()> {
     runtime()?.block_on(shutdown_signal())?;
     drop(mock);
     Ok(())
+}
+
+/// The production-shaped topic `dev-kafka --fill` writes: its span ends now.
+fn fill_shape(args: &DevKafkaArgs, records: usize) -> stockflow::simulate::topic::TopicShape {
+    use stockflow::simulate::topic::{Keys, TopicShape};
+    let span_ms = args.fill_span.as_millis() as i64;
+    TopicShape {
+        seed: args.fill_seed,
+        records,
+        partitions: args.partitions,
+        symbols: args.fill_symbols,
+        keys: if args.fill_keys == "uniform" { Keys::Uniform } else { Keys::Zipf(1.1) },
+        start_ms: chrono::Utc::now().timestamp_millis() - span_ms,
+        span_ms,
+        compression: args.fill_compression.clone(),
+        batch_bytes: args.fill_batch,
+        ..Default::default()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

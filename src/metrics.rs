@@ -52,6 +52,10 @@ pub struct JobMetrics {
     pub frontier_lag: Gauge<f64, AtomicU64>,
     /// Records between each partition's position and its high watermark.
     pub consumer_lag: Family<Label, Gauge>,
+    /// Partitions each worker reads.
+    pub assigned: Family<Label, Gauge>,
+    /// Partitions each worker has paused because they run ahead in event time.
+    pub paused: Family<Label, Gauge>,
     /// The same, per partition, for the progress line (the family cannot be iterated).
     lags: Arc<std::sync::Mutex<std::collections::BTreeMap<i32, i64>>>,
     /// The frontier, event-time ms (0: not yet known).
@@ -75,6 +79,8 @@ impl Default for JobMetrics {
             last_commit: Gauge::default(),
             frontier_lag: Gauge::default(),
             consumer_lag: Family::default(),
+            assigned: Family::default(),
+            paused: Family::default(),
             lags: Arc::default(),
             frontier_ms: Arc::default(),
         }
@@ -106,6 +112,18 @@ impl JobMetrics {
             self.frontier_lag.clone(),
         );
         r.register("consumer_lag", "Records between a partition's position and its end", self.consumer_lag.clone());
+        r.register("partitions_assigned", "Partitions a worker reads", self.assigned.clone());
+        r.register(
+            "partitions_paused",
+            "Partitions a worker has paused because they run ahead in event time",
+            self.paused.clone(),
+        );
+    }
+
+    /// Sets how many partitions `worker` reads and how many of them are paused.
+    pub fn partitions(&self, worker: usize, assigned: usize, paused: usize) {
+        self.assigned.get_or_create(&label("worker", worker.to_string())).set(assigned as i64);
+        self.paused.get_or_create(&label("worker", worker.to_string())).set(paused as i64);
     }
 
     /// Counts a quarantined row.

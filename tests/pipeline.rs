@@ -131,7 +131,7 @@ fn job_config(f: &Fixture, lake: &Path, workers: usize, drain: bool) -> JobConfi
         lake_options: Default::default(),
         time: TimeConfig::default(),
         bars: bars_config(),
-        idle_timeout: None,
+        read: Default::default(),
         sink: SinkConfig {
             commit_interval_ms: 60_000,
             bar_widths: WIDTHS.to_vec(),

@@ -51,11 +51,14 @@ pub enum Reason {
     BadTimestamp,
     /// `c` is neither absent, null, nor an array of strings.
     BadConditions,
+    /// `t` is later than the record's log timestamp plus the allowed clock skew: a bad tick
+    /// that would otherwise move the partition's watermark far ahead.
+    FutureTimestamp,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::EmptyPayload,
         Reason::Oversized,
         Reason::MalformedJson,
@@ -68,6 +71,7 @@ impl Reason {
         Reason::BadVolume,
         Reason::BadTimestamp,
         Reason::BadConditions,
+        Reason::FutureTimestamp,
     ];
 
     /// The machine-readable name stored in the quarantine table.
@@ -85,6 +89,7 @@ impl Reason {
             Reason::BadVolume => "bad_volume",
             Reason::BadTimestamp => "bad_timestamp",
             Reason::BadConditions => "bad_conditions",
+            Reason::FutureTimestamp => "future_timestamp",
         }
     }
 }
@@ -108,6 +113,21 @@ pub struct CleanTrade {
     pub ts: i64,
     /// Conditions, `None` when absent or null.
     pub conditions: Option<Conditions>,
+}
+
+/// Classifies one log record: [`clean`] on its payload, then the bad-tick rule. A trade dated
+/// more than `max_skew_ms` after the record's log timestamp (Kafka: when ingest received it)
+/// is `future_timestamp`. The rule reads the record alone, so a replay or another worker
+/// count classifies it the same way. A record without a log timestamp (a pre-0.10 message
+/// format) has nothing to be checked against and passes this rule.
+pub fn clean_record(payload: Option<&[u8]>, log_ts: Option<i64>, max_skew_ms: u64) -> Result<CleanTrade, Reason> {
+    let trade = clean(payload)?;
+    match log_ts {
+        Some(at) if trade.ts > at.saturating_add(max_skew_ms.min(i64::MAX as u64) as i64) => {
+            Err(Reason::FutureTimestamp)
+        }
+        _ => Ok(trade),
+    }
 }
 
 /// Classifies one Kafka payload: a clean trade, or the reason it is quarantined.

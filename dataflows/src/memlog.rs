@@ -43,13 +43,27 @@ pub struct MemSource {
     chunk: usize,
     /// While set, an exhausted log reports `Idle` rather than `Done`, like a live topic.
     open: Option<Arc<AtomicBool>>,
+    /// Partitions the operator paused; they deliver nothing until resumed.
+    paused: std::collections::BTreeSet<usize>,
+    /// Partitions not yet announced, and how many records to deliver before announcing them
+    /// (a topic that grows while the job runs).
+    hidden: (Vec<(usize, usize)>, usize),
+    delivered: usize,
 }
 
 impl MemSource {
     /// The reader for worker `index` of `peers`.
     pub fn new(log: Arc<MemLog>, index: usize, peers: usize, chunk: usize) -> Self {
         let cursors = (0..log.partitions.len()).filter(|p| p % peers == index).map(|p| (p, 0)).collect();
-        MemSource { log, cursors, chunk: chunk.max(1), open: None }
+        MemSource {
+            log,
+            cursors,
+            chunk: chunk.max(1),
+            open: None,
+            paused: Default::default(),
+            hidden: (Vec::new(), 0),
+            delivered: 0,
+        }
     }
 
     /// Starts partition `p` at `start[p]` instead of offset 0.
@@ -59,6 +73,15 @@ impl MemSource {
                 *next = (o.max(0) as usize).min(self.log.partitions[*p].len());
             }
         }
+        self
+    }
+
+    /// Hides `partitions` (those this reader owns) until `after` records were delivered, then
+    /// announces them through [`RecordSource::added`], as partitions added to a live topic.
+    pub fn revealing(mut self, partitions: &[usize], after: usize) -> Self {
+        let (hidden, kept) = self.cursors.into_iter().partition(|(p, _)| partitions.contains(p));
+        self.cursors = kept;
+        self.hidden = (hidden, after);
         self
     }
 
@@ -83,6 +106,9 @@ impl RecordSource for MemSource {
     fn poll(&mut self, max: usize, each: &mut dyn FnMut(RawRecord<'_>)) -> Result<SourcePoll, Infallible> {
         let mut budget = max;
         for (p, next) in self.cursors.iter_mut() {
+            if self.paused.contains(p) {
+                continue;
+            }
             let records = &self.log.partitions[*p];
             let take = self.chunk.min(budget).min(records.len() - *next);
             for (i, rec) in records[*next..*next + take].iter().enumerate() {
@@ -95,14 +121,42 @@ impl RecordSource for MemSource {
             }
             *next += take;
             budget -= take;
+            self.delivered += take;
         }
-        let done = self.cursors.iter().all(|&(p, next)| next == self.log.partitions[p].len());
+        let done =
+            self.hidden.0.is_empty() && self.cursors.iter().all(|&(p, next)| next == self.log.partitions[p].len());
+        let readable =
+            self.cursors.iter().any(|&(p, next)| next < self.log.partitions[p].len() && !self.paused.contains(&p));
         let held = self.open.as_ref().is_some_and(|o| o.load(Ordering::SeqCst));
         Ok(match (done, held) {
-            (false, _) => SourcePoll::Busy,
-            (true, true) => SourcePoll::Idle,
+            (false, _) if readable => SourcePoll::Busy,
+            (false, _) | (true, true) => SourcePoll::Idle,
             (true, false) => SourcePoll::Done,
         })
+    }
+
+    fn pause(&mut self, p: i32) {
+        self.paused.insert(p as usize);
+    }
+
+    fn resume(&mut self, p: i32) {
+        self.paused.remove(&(p as usize));
+    }
+
+    fn added(&mut self) -> Vec<(i32, i64)> {
+        let exhausted = self.cursors.iter().all(|&(p, next)| next == self.log.partitions[p].len());
+        if self.hidden.0.is_empty() || (self.delivered < self.hidden.1 && !exhausted) {
+            return Vec::new();
+        }
+        let revealed = std::mem::take(&mut self.hidden.0);
+        let added = revealed.iter().map(|&(p, next)| (p as i32, next as i64)).collect();
+        self.cursors.extend(revealed);
+        added
+    }
+
+    fn ended(&self, p: i32) -> bool {
+        let held = self.open.as_ref().is_some_and(|o| o.load(Ordering::SeqCst));
+        !held && self.cursors.iter().any(|&(q, next)| q as i32 == p && next == self.log.partitions[q].len())
     }
 }
 
@@ -133,16 +187,29 @@ pub fn run_memlog(
     cfg: crate::source::SourceConfig,
     bars: crate::bars::BarsConfig,
 ) -> Collected {
+    let start: std::collections::HashMap<i32, i64> =
+        cfg.resume.iter().flat_map(|r| r.partitions.iter().map(|(p, pos)| (*p, pos.replay))).collect();
+    run_sources(workers, cfg, bars, move |index, peers| {
+        MemSource::new(Arc::clone(&log), index, peers, chunk).starting_at(&start)
+    })
+}
+
+/// Runs the pipeline on `workers` threads, each reading the source `source(index, peers)`
+/// makes, and gathers its outputs.
+pub fn run_sources(
+    workers: usize,
+    cfg: crate::source::SourceConfig,
+    bars: crate::bars::BarsConfig,
+    source: impl Fn(usize, usize) -> MemSource + Send + Sync + 'static,
+) -> Collected {
     use std::sync::Mutex;
     use timely::dataflow::operators::{Inspect, Probe};
 
     let out = Arc::new(Mutex::new(Collected::default()));
     let shared = Arc::clone(&out);
-    let start: std::collections::HashMap<i32, i64> =
-        cfg.resume.iter().flat_map(|r| r.partitions.iter().map(|(p, pos)| (*p, pos.replay))).collect();
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        let source = MemSource::new(Arc::clone(&log), index, peers, chunk).starting_at(&start);
+        let source = source(index, peers);
         let (t, q, b, x) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
         let probe =
             worker.dataflow(|scope| {

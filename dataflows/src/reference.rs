@@ -1,13 +1,13 @@
 //! The contract computed the plain way, for tests to compare the dataflow (and the lake)
 //! against: one pass per partition in offset order, a watermark, late flags, and bars folded
 //! from sorted trades with ordinary floating-point sums. Deliberately shares nothing with the
-//! dataflow but [`clean`](crate::clean::clean), which has its own rule-by-rule tests.
+//! dataflow but [`clean_record`](crate::clean::clean_record), which has its own rule-by-rule tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::bars::{Bar, BarsConfig};
-use crate::clean::{Reason, clean};
+use crate::clean::{Reason, clean_record};
 use crate::memlog::MemLog;
 use crate::time::TimeConfig;
 
@@ -40,7 +40,7 @@ pub fn expected(log: &MemLog, time: TimeConfig, bars: &BarsConfig) -> Expected {
         let mut max_ts: Option<i64> = None;
         for (o, rec) in records.iter().enumerate() {
             let key = (p as i32, o as i64);
-            match clean(rec.payload.as_deref()) {
+            match clean_record(rec.payload.as_deref(), rec.timestamp, time.max_skew_ms) {
                 Err(reason) => {
                     out.quarantine.insert(key, reason);
                 }

@@ -12,18 +12,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::Time;
 
-/// Window width and allowed lateness, in milliseconds.
+/// Window width, allowed lateness and the clock skew a trade may have, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeConfig {
     /// Tumbling window width `W`, aligned to the Unix epoch (UTC).
     pub window_ms: u64,
     /// Allowed lateness `L`: how far event time may run backwards before trades count as late.
     pub lateness_ms: u64,
+    /// How far a trade's time may lie after its record's log timestamp before it is a bad tick
+    /// (`future_timestamp`) that never reaches the watermark.
+    #[serde(default = "default_max_skew")]
+    pub max_skew_ms: u64,
+}
+
+/// One minute: far beyond NTP drift and exchange clock offsets (milliseconds to seconds),
+/// so no genuine trade is refused, while one bad tick can push a partition's watermark at
+/// most a minute past the wall clock of ingest, about one window of late-marked trades.
+pub const DEFAULT_MAX_SKEW_MS: u64 = 60_000;
+
+fn default_max_skew() -> u64 {
+    DEFAULT_MAX_SKEW_MS
 }
 
 impl Default for TimeConfig {
     fn default() -> Self {
-        TimeConfig { window_ms: 60_000, lateness_ms: 5_000 }
+        TimeConfig { window_ms: 60_000, lateness_ms: 5_000, max_skew_ms: DEFAULT_MAX_SKEW_MS }
     }
 }
 

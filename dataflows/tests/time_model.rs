@@ -12,7 +12,7 @@ use std::time::Duration;
 use dataflows::bars::BarsConfig;
 use dataflows::memlog::{MemLog, MemRecord, MemSource, run_memlog};
 use dataflows::reference::{diff_bars, expected};
-use dataflows::source::{SourceConfig, WatermarkBoard};
+use dataflows::source::SourceConfig;
 use dataflows::{Bar, TimeConfig, build_pipeline};
 use timely::dataflow::operators::{Inspect, Probe};
 
@@ -182,8 +182,7 @@ fn idle_partition_stops_holding_back_the_frontier() {
     let (tx, rx) = mpsc::channel::<Bar>();
     let tx = Arc::new(Mutex::new(tx));
     let (log2, open2) = (Arc::clone(&log), Arc::clone(&open));
-    let board = Arc::new(WatermarkBoard::default());
-    let cfg = SourceConfig { idle_timeout: Some(Duration::ZERO), board: Some(board), ..Default::default() };
+    let cfg = SourceConfig { idle_timeout: Some(Duration::ZERO), ..Default::default() };
     let run = std::thread::spawn(move || {
         timely::execute(timely::Config::process(2), move |worker| {
             let (index, peers) = (worker.index(), worker.peers());

@@ -298,7 +298,8 @@ impl CommitQueue {
 pub struct CommitterConfig {
     /// Event-time interval between commit points.
     pub interval_ms: u64,
-    /// Partitions of the topic: a commit needs the position of each.
+    /// Partitions of the topic at start: a commit needs the position of each, and of every
+    /// partition added since whose first records lie below the commit point.
     pub partitions: i32,
     /// The recovered commit point; only later points are committed.
     pub after: Time,
@@ -326,6 +327,10 @@ pub fn committer<'scope>(
         move |cap, _info| {
             drop(cap); // no output: the committer must not hold the dataflow open
             let mut marks: HashMap<i32, Vec<(Time, Option<Time>, dataflows::resume::PartitionMark)>> = HashMap::new();
+            // Where each partition's first crossing started: a partition added while the job
+            // runs has nothing below it (its records are placed at or above the frontier it
+            // was found at), so a commit point at or below it does not need its position.
+            let mut first: HashMap<i32, Time> = HashMap::new();
             let mut files: BTreeMap<Time, Vec<Staged>> = BTreeMap::new();
             let mut last = cfg.after;
             let mut ended = false;
@@ -333,6 +338,7 @@ pub fn committer<'scope>(
                 crossings_in.for_each(|_, data| {
                     for c in data.drain(..) {
                         for m in c.partitions {
+                            first.entry(m.partition).or_insert(c.from);
                             marks.entry(m.partition).or_default().push((c.from, c.to, m));
                         }
                     }
@@ -356,7 +362,7 @@ pub fn committer<'scope>(
                         // graceful stop left it.
                         let ends: Vec<Option<Time>> =
                             marks.values().map(|m| m.last().and_then(|(_, to, _)| *to)).collect();
-                        if ends.len() as i32 == cfg.partitions && ends.iter().all(Option::is_none) {
+                        if ends.len() as i32 >= cfg.partitions && ends.iter().all(Option::is_none) {
                             Time::MAX
                         } else {
                             match ends.iter().map(|t| t.unwrap_or(Time::MAX)).min() {
@@ -377,7 +383,9 @@ pub fn committer<'scope>(
                             .map(|(_, _, m)| (*p, m.position(point)))
                     })
                     .collect();
-                if (positions.len() as i32) < cfg.partitions {
+                let needed = |p: &i32| *p < cfg.partitions || first.get(p).is_some_and(|from| *from < point);
+                let known = (0..cfg.partitions).chain(first.keys().copied());
+                if !known.filter(needed).all(|p| positions.contains_key(&p)) {
                     return; // a source has not reported this point (it started past it)
                 }
                 let later = match point.checked_add(1) {
@@ -410,6 +418,7 @@ mod tests {
             bar_widths_ms: vec![60_000],
             horizon_ms: 3_600_000,
             commit_interval_ms: 60_000,
+            max_skew_ms: 60_000,
         }
     }
 

@@ -24,6 +24,13 @@ pub struct Settings {
     pub horizon_ms: u64,
     /// `--commit-interval`, ms.
     pub commit_interval_ms: u64,
+    /// `--max-clock-skew`, ms (lakes written before the rule read as the default).
+    #[serde(default = "default_skew")]
+    pub max_skew_ms: u64,
+}
+
+fn default_skew() -> u64 {
+    dataflows::time::DEFAULT_MAX_SKEW_MS
 }
 
 impl Settings {
@@ -49,6 +56,9 @@ impl Settings {
         }
         if self.commit_interval_ms != other.commit_interval_ms {
             diffs.push(format!("--commit-interval {}", ms(self.commit_interval_ms)));
+        }
+        if self.max_skew_ms != other.max_skew_ms {
+            diffs.push(format!("--max-clock-skew {}", ms(self.max_skew_ms)));
         }
         (!diffs.is_empty()).then(|| diffs.join(" "))
     }

@@ -2,6 +2,7 @@
 
 pub mod market;
 mod server;
+pub mod topic;
 
 pub use market::{Market, MarketConfig, universe};
 pub use server::{END_OF_STREAM, ERROR_MESSAGE, Faults, Replay, SimulateConfig, serve};
