@@ -256,6 +256,7 @@ pub fn log_source<'scope, S: RecordSource>(
             for cap in [trades_cap, quarantine_cap, ticks_cap, crossings_cap, reports_cap] {
                 cap.downgrade(&next.low);
             }
+            let mut resumed = false;
             if let Some(align) = align {
                 for part in parts.iter_mut().filter(|p| !p.ended()) {
                     match align.decide(next.low, part.frontier(&time_cfg), part.paused()) {
@@ -266,12 +267,15 @@ pub fn log_source<'scope, S: RecordSource>(
                         Some(Action::Resume) => {
                             source.resume(part.id());
                             part.set_paused(false, now);
+                            resumed = true;
                         }
                         None => {}
                     }
                 }
             }
             match poll {
+                // A resumed partition has records waiting that no waker will announce.
+                _ if resumed => activator.activate(),
                 SourcePoll::Busy => activator.activate(),
                 // The waker covers new records; the timer covers idleness and sources without one.
                 _ => activator.activate_after(Duration::from_millis(50)),
