@@ -34,10 +34,12 @@ fn check(log: &MemLog, got: &Collected, what: &str) {
     diff_bars(&got.bars, &want.bars).unwrap_or_else(|d| panic!("{what}: bars differ from the reference:\n{d}"));
 }
 
+/// At `-w 4` worker 3 owns only partition 3, which appears later: it starts with nothing to
+/// read and must still pick it up.
 #[test]
-fn partitions_added_mid_run_are_read_like_the_others_at_1_2_3_workers() {
+fn partitions_added_mid_run_are_read_like_the_others_at_1_2_3_4_workers() {
     let log = Arc::new(random_log(5, 6, 6_000));
-    for workers in 1..=3 {
+    for workers in 1..=4 {
         let shared = Arc::clone(&log);
         let got = run_sources(workers, SourceConfig::default(), bars(), move |index, peers| {
             MemSource::new(Arc::clone(&shared), index, peers, 50).revealing(&[3, 4, 5], 500)
@@ -138,4 +140,61 @@ fn a_batch_far_ahead_never_stalls_the_source() {
     // A deadline for failure, not a sleep: the run ends as soon as the records are read.
     let got = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the source stalled");
     check(&log, &got, "a batch far ahead");
+}
+
+/// Two silent workers whose partitions' clocks stopped early, beside one that trades on: the
+/// silent ones follow the speaking one, not each other, so its windows close while the log
+/// stays open (as equity partitions fall silent at the close while crypto trades).
+#[test]
+fn silent_workers_never_hold_each_other_back() {
+    const T0: i64 = 1_763_994_600_000;
+    let trade = |s: &str, t: i64| dataflows::memlog::MemRecord {
+        timestamp: Some(t),
+        payload: Some(format!(r#"{{"s":"{s}","p":10.5,"t":{t},"v":2}}"#).into_bytes()),
+    };
+    let log = Arc::new(MemLog {
+        partitions: vec![
+            (0..3_600).map(|i| trade("BTC", T0 + i * 1_000)).collect(),
+            (0..30).map(|i| trade("AAPL", T0 + i * 1_000)).collect(),
+            (0..30).map(|i| trade("MSFT", T0 + i * 1_000)).collect(),
+        ],
+    });
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (tx, rx) = std::sync::mpsc::channel::<dataflows::Bar>();
+    let tx = Arc::new(std::sync::Mutex::new(tx));
+    let (shared, held) = (Arc::clone(&log), Arc::clone(&open));
+    let cfg = SourceConfig { idle_timeout: Some(std::time::Duration::from_millis(200)), ..Default::default() };
+    let run = std::thread::spawn(move || {
+        timely::execute(timely::Config::process(3), move |worker| {
+            use timely::dataflow::operators::{Inspect, Probe};
+            let (index, peers) = (worker.index(), worker.peers());
+            let source = MemSource::new(Arc::clone(&shared), index, peers, 100).held_open(Arc::clone(&held));
+            let tx = Arc::clone(&tx);
+            let probe = worker.dataflow(|scope| {
+                let out = dataflows::build_pipeline(scope, source, cfg.clone(), BarsConfig::default());
+                out.bars
+                    .inspect(move |(_, bar)| {
+                        let _ = tx.lock().map(|tx| tx.send(bar.clone()));
+                    })
+                    .probe()
+                    .0
+            });
+            while !probe.done() {
+                worker.step();
+            }
+        })
+        .map(|guards| guards.join().into_iter().all(|r| r.is_ok()))
+    });
+    // A deadline for failure, not a sleep: the bar comes once the silent workers follow.
+    let late_window = T0 + 50 * 60_000;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let bar = rx.recv_timeout(left).expect("BTC's window at 50m never closed while the log was open");
+        if bar.symbol == "BTC" && bar.window_start == late_window {
+            break;
+        }
+    }
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(run.join().ok().and_then(|r| r.ok()), Some(true));
 }

@@ -29,6 +29,8 @@ pub struct Next {
     /// partitions is speaking, else its most advanced partition that has seen trades, else
     /// nothing.
     pub known: Option<Time>,
+    /// Whether one of its partitions is speaking.
+    pub speaking: bool,
 }
 
 /// The next frontier of a source now at `floor`, given its partitions and `others`, the
@@ -47,12 +49,12 @@ pub fn next_frontier(floor: Time, partitions: impl IntoIterator<Item = Partition
     match speaking {
         Some(low) => {
             let low = low.max(floor);
-            Next { low, known: Some(low) }
+            Next { low, known: Some(low), speaking: true }
         }
         None => {
             let own = own.unwrap_or(floor);
             let low = others.map_or(own, |o| o.max(own)).max(floor);
-            Next { low, known: seen }
+            Next { low, known: seen, speaking: false }
         }
     }
 }
@@ -68,7 +70,7 @@ mod tests {
     #[test]
     fn the_least_speaking_partition_holds_the_frontier() {
         let next = next_frontier(10, [view(30, true), view(20, true), view(5, false)], Some(100));
-        assert_eq!(next, Next { low: 20, known: Some(20) });
+        assert_eq!(next, Next { low: 20, known: Some(20), speaking: true });
     }
 
     #[test]
@@ -80,7 +82,7 @@ mod tests {
     #[test]
     fn a_silent_source_follows_its_most_advanced_partition_or_the_cluster() {
         let silent = [view(30, false), view(40, false)];
-        assert_eq!(next_frontier(10, silent, None), Next { low: 40, known: Some(40) });
+        assert_eq!(next_frontier(10, silent, None), Next { low: 40, known: Some(40), speaking: false });
         assert_eq!(next_frontier(10, silent, Some(90)).low, 90, "the cluster is further on");
         assert_eq!(next_frontier(10, silent, Some(35)).low, 40, "its own partitions are further on");
     }
@@ -88,7 +90,7 @@ mod tests {
     #[test]
     fn a_source_that_never_saw_a_trade_tells_the_cluster_nothing() {
         let fresh = PartitionView { frontier: 0, speaking: false, has_watermark: false };
-        assert_eq!(next_frontier(0, [fresh], Some(70)), Next { low: 70, known: None });
-        assert_eq!(next_frontier(0, [], None), Next { low: 0, known: None });
+        assert_eq!(next_frontier(0, [fresh], Some(70)), Next { low: 70, known: None, speaking: false });
+        assert_eq!(next_frontier(0, [], None), Next { low: 0, known: None, speaking: false });
     }
 }

@@ -142,13 +142,13 @@ pub fn log_source<'scope, S: RecordSource>(
         }
         let mut lead = Lead::default();
         let mut board = Board::default();
-        let (mut published, mut seq): (Option<Option<Time>>, u64) = (None, 0);
+        let (mut published, mut seq): (Option<(Option<Time>, bool)>, u64) = (None, 0);
         let mut delivered: Vec<i32> = Vec::new();
 
-        if parts.is_empty() {
-            // More workers than partitions: this worker has nothing to read.
-            caps = None;
-        } else if let Some(caps) = caps.as_mut() {
+        // A source with no partitions yet (more workers than partitions) keeps its
+        // capabilities: partitions added to the log later are its to read. Until then it
+        // follows the cluster, and ends when its source reports the end of the log.
+        if let Some(caps) = caps.as_mut() {
             let start = parts.iter().map(|p| p.frontier(&time_cfg)).min().unwrap_or(0);
             caps.iter_mut().for_each(|c| c.downgrade(&start));
         }
@@ -166,9 +166,12 @@ pub fn log_source<'scope, S: RecordSource>(
             }
             let floor = *trades_cap.time();
             let now = Instant::now();
+            // Nothing of a partition found now can leave below the frontier, nor (during a
+            // restart's replay) below the commit point: a commit that did not list it never
+            // saw any of its records.
             for (p, start) in source.added() {
                 if !parts.contains(p) {
-                    parts.insert(Partition::added(p, start, &time_cfg, floor, now));
+                    parts.insert(Partition::added(p, start, &time_cfg, floor.max(commit), now));
                 }
             }
             lead.settle(downstream.with_frontier(|f| f.iter().next().copied()));
@@ -186,7 +189,7 @@ pub fn log_source<'scope, S: RecordSource>(
                 }
                 if !parts.contains(rec.partition) {
                     // A source that delivers a partition it did not announce: read it as new.
-                    parts.insert(Partition::added(rec.partition, rec.offset, &time_cfg, floor, now));
+                    parts.insert(Partition::added(rec.partition, rec.offset, &time_cfg, floor.max(commit), now));
                 }
                 if let Some(part) = parts.get_mut(rec.partition) {
                     let placed = part.accept(&rec, &cx);
@@ -245,10 +248,11 @@ pub fn log_source<'scope, S: RecordSource>(
                 has_watermark: p.has_watermark(&time_cfg),
             });
             let next = next_frontier(floor, views, board.others(worker));
-            if published != Some(next.known) {
-                published = Some(next.known);
+            if published != Some((next.known, next.speaking)) {
+                published = Some((next.known, next.speaking));
                 seq += 1;
-                reports_out.activate().session(&*reports_cap).give(Report { worker, seq, known: next.known });
+                let report = Report { worker, seq, known: next.known, speaking: next.speaking };
+                reports_out.activate().session(&*reports_cap).give(report);
             }
             if next.low > floor {
                 crossings_out.activate().session(&*crossings_cap).give(parts.crossing(floor, Some(next.low)));
