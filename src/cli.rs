@@ -320,8 +320,7 @@ impl JobArgs {
             widths: self.bars.iter().map(|d| millis(*d)).collect(),
             horizon_ms: millis(self.revision_horizon),
         };
-        bars.validate(&time).map_err(|e| format!("--bars: {e}"))?;
-        Ok(JobConfig {
+        let cfg = JobConfig {
             kafka: self.kafka.config(),
             lake: self.lake.clone(),
             lake_options: LakeOptions { s3_endpoint: self.s3_endpoint.clone(), layer: None },
@@ -348,7 +347,9 @@ impl JobArgs {
                 hostfile: self.hostfile.clone(),
             },
             drain: self.drain,
-        })
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
     }
 }
 

@@ -4,8 +4,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dataflows::bars::BarsConfig;
@@ -19,7 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::commit::{
     AfterCommit, CommitError, CommitQueue, CommitRecord, CommitterConfig, Recovery, Settings, committer, read_newest,
-    recover,
+    recover, staging_dir,
 };
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
@@ -119,6 +119,9 @@ pub enum JobError {
     /// Bad cluster flags.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// Settings that do not fit together.
+    #[error("{0}")]
+    Config(String),
     /// Kafka metadata or connection failure.
     #[error(transparent)]
     Kafka(#[from] KafkaSetupError),
@@ -140,6 +143,22 @@ pub enum JobError {
 }
 
 impl JobConfig {
+    /// Checks the rules between settings: bar widths, and commit points on window steps.
+    pub fn validate(&self) -> Result<(), JobError> {
+        self.bars.validate(&self.time).map_err(|e| JobError::Config(format!("--bars: {e}")))?;
+        let (interval, window) = (self.sink.commit_interval_ms, self.time.window_ms);
+        if interval == 0 || interval % window != 0 {
+            let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
+            return Err(JobError::Config(format!(
+                "--commit-interval {} is not a multiple of --window {}: commits follow the event-time frontier, which \
+                 moves one window at a time",
+                ms(interval),
+                ms(window)
+            )));
+        }
+        Ok(())
+    }
+
     /// The settings a lake's commits are tied to.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -149,7 +168,7 @@ impl JobConfig {
             bar_widths_ms: self.bars.widths.clone(),
             horizon_ms: self.bars.horizon_ms,
             commit_interval_ms: self.sink.commit_interval_ms,
-            max_skew_ms: self.time.max_skew_ms,
+            max_skew_ms: Some(self.time.max_skew_ms),
         }
     }
 }
@@ -184,56 +203,66 @@ pub struct JobReport {
 /// complete is committed.
 pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobReport, JobError> {
     let started = Instant::now();
+    cfg.validate()?;
     let timely_config = cfg.cluster.timely()?;
     let lake = Lake::open_with(&cfg.lake, &cfg.lake_options)?;
     runtime.block_on(lake.check_access())?;
     let partitions = cfg.kafka.partition_count()?;
     let watermarks = cfg.kafka.watermarks(partitions)?;
-    // Process 0 recovers (finishes moves, clears staging); the others only read the newest
-    // record, which recovery does not change. No worker writes before all processes connect.
-    let recovery = if cfg.cluster.process == 0 {
-        runtime.block_on(recover(&lake, &cfg.settings()))?
-    } else {
-        runtime.block_on(read_newest(&lake, &cfg.settings()))?
-    };
-    let known = TopicPartitions::new(start_offsets(&recovery, &watermarks)?);
-    // A drain reads to the end offsets it saw at start: partitions added later were empty then.
-    let _discovery = match cfg.read.discovery {
-        Some(every) if !cfg.drain => Some(discover::spawn(&runtime, cfg.kafka.clone(), Arc::clone(&known), every)),
-        _ => None,
-    };
     let stop = controls.stop.clone();
     if cfg.drain {
         // Ignore a stop already set by the caller: it holds the same kind of end offsets.
         let _ = stop.set(crate::kafka::ends(&watermarks));
     }
-    let run_id = format!("{:08x}", fastrand::u32(..));
-    tracing::info!(
-        partitions,
-        lake = %cfg.lake,
-        topic = %cfg.kafka.topic,
-        recovered = recovery.committed(),
-        run = %run_id,
-        "job starting"
-    );
+    // Process 0 recovers: finishes the newest commit's moves, claims the lake, clears older
+    // generations' staging. The others read that claim once the cluster has connected, which
+    // process 0 does only after recovering; no worker writes before then.
+    let first = match cfg.cluster.process {
+        0 => {
+            Some(Arc::new(Start::new(&cfg, &runtime, runtime.block_on(recover(&lake, &cfg.settings()))?, &watermarks)?))
+        }
+        _ => None,
+    };
+    if let Some(start) = &first {
+        tracing::info!(
+            partitions,
+            lake = %cfg.lake,
+            topic = %cfg.kafka.topic,
+            recovered = start.recovery.committed(),
+            generation = start.recovery.generation(),
+            "job starting"
+        );
+    }
+    let started_here: Arc<OnceLock<Result<Arc<Start>, String>>> = Arc::new(OnceLock::new());
+    if let Some(start) = first {
+        let _ = started_here.set(Ok(start));
+    }
+    let starts = Arc::clone(&started_here);
 
     let abort = Arc::new(AtomicBool::new(false));
-    let recovered = recovery.committed();
     let pause = Arc::clone(&controls.pause);
     let metrics = controls.metrics.clone();
+    let (lake_handle, handle) = (lake.clone(), runtime.clone());
     let guards = timely::execute(timely_config, move |worker| {
-        let shared = Shared {
-            lake: &lake,
-            stop: &stop,
-            runtime: &runtime,
-            abort: &abort,
-            recovery: &recovery,
-            known: &known,
-            pause: &pause,
-            run: &run_id,
-            metrics: &metrics,
+        let start = starts.get_or_init(|| {
+            let recovery = runtime.block_on(read_newest(&lake, &cfg.settings())).map_err(|e| e.to_string())?;
+            Start::new(&cfg, &runtime, recovery, &watermarks).map(Arc::new).map_err(|e| e.to_string())
+        });
+        let result = match start {
+            Ok(start) => {
+                let shared = Shared {
+                    lake: &lake,
+                    stop: &stop,
+                    runtime: &runtime,
+                    abort: &abort,
+                    start,
+                    pause: &pause,
+                    metrics: &metrics,
+                };
+                run_worker(worker, &cfg, partitions, shared)
+            }
+            Err(e) => Err(JobError::Dataflow(e.clone())),
         };
-        let result = run_worker(worker, &cfg, partitions, shared);
         if result.is_err() {
             abort.store(true, Ordering::SeqCst);
         }
@@ -241,6 +270,7 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     })
     .map_err(JobError::Dataflow)?;
 
+    let recovered = started_here.get().and_then(|s| s.as_ref().ok()).map_or(0, |s| s.recovery.committed());
     let mut report = JobReport { recovered, ..Default::default() };
     let mut first_error = None;
     for result in guards.join() {
@@ -260,6 +290,13 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
         }
     }
     if let Some(e) = first_error {
+        // A run that lost the lake says so, whatever failed first.
+        let ours = started_here.get().and_then(|s| s.as_ref().ok()).map(|s| s.recovery.generation());
+        if let Some(generation) = ours.filter(|_| !matches!(e, JobError::Commit(CommitError::Superseded { .. }))) {
+            if let Some(lost) = handle.block_on(crate::commit::log::superseded(&lake_handle, generation)) {
+                return Err(lost.into());
+            }
+        }
         return Err(e);
     }
     report.elapsed = started.elapsed();
@@ -274,17 +311,46 @@ fn start_offsets(
     watermarks: &HashMap<i32, (i64, i64)>,
 ) -> Result<std::collections::BTreeMap<i32, i64>, KafkaSetupError> {
     let replays = recovery.starts();
+    if let Some(&partition) = replays.keys().find(|p| !watermarks.contains_key(p)) {
+        // Partitions are never removed: metadata this stale must not start a run.
+        return Err(KafkaSetupError::Vanished { partition, count: watermarks.len() });
+    }
     let mut starts = std::collections::BTreeMap::new();
     for (&partition, &(low, _)) in watermarks {
         let start = match replays.get(&partition) {
             Some(&replay) if replay < low => return Err(KafkaSetupError::Retention { partition, replay, low }),
             Some(&replay) => replay,
-            None if recovery.last.is_some() && low > 0 => return Err(KafkaSetupError::Unread { partition, low }),
+            None if recovery.has_commit() && low > 0 => return Err(KafkaSetupError::Unread { partition, low }),
             None => low,
         };
         starts.insert(partition, start);
     }
     Ok(starts)
+}
+
+/// Where a process starts: the lake's newest record (process 0's claim) and the partitions
+/// to read from where, with discovery running for as long as the process does.
+struct Start {
+    recovery: Recovery,
+    known: Arc<TopicPartitions>,
+    _discovery: Option<discover::Discovery>,
+}
+
+impl Start {
+    fn new(
+        cfg: &JobConfig,
+        runtime: &Handle,
+        recovery: Recovery,
+        watermarks: &HashMap<i32, (i64, i64)>,
+    ) -> Result<Self, JobError> {
+        let known = TopicPartitions::new(start_offsets(&recovery, watermarks)?);
+        // A drain reads to the end offsets it saw at start: partitions added later were empty then.
+        let _discovery = match cfg.read.discovery {
+            Some(every) if !cfg.drain => Some(discover::spawn(runtime, cfg.kafka.clone(), Arc::clone(&known), every)),
+            _ => None,
+        };
+        Ok(Start { recovery, known, _discovery })
+    }
 }
 
 /// What the workers of one process share.
@@ -293,10 +359,8 @@ struct Shared<'a> {
     stop: &'a StopAt,
     runtime: &'a Handle,
     abort: &'a AtomicBool,
-    recovery: &'a Recovery,
-    known: &'a Arc<TopicPartitions>,
+    start: &'a Start,
     pause: &'a Arc<AtomicBool>,
-    run: &'a str,
     metrics: &'a JobMetrics,
 }
 
@@ -338,14 +402,18 @@ fn run_worker(
     partitions: i32,
     shared: Shared<'_>,
 ) -> Result<WorkerReport, JobError> {
-    let Shared { lake, stop, runtime, abort, recovery, known, pause, run, metrics } = shared;
+    let Shared { lake, stop, runtime, abort, start, pause, metrics } = shared;
+    let recovery = &start.recovery;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::new(&cfg.kafka, known, index, peers, Arc::clone(stop), metrics.clone())?;
+    let shape = (index, peers, cfg.cluster.workers);
+    let source = KafkaSource::new(&cfg.kafka, &start.known, shape, Arc::clone(stop), metrics.clone())?;
+    let run = staging_dir(recovery.generation());
     let writer =
-        Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, run, runtime.clone(), &cfg.sink, metrics.clone())));
+        Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, &run, runtime.clone(), &cfg.sink, metrics.clone())));
+    let claim = recovery.last.clone().unwrap_or_else(|| CommitRecord::template(cfg.settings()));
     let queue = (index == 0).then(|| {
         let after = after_commit(&cfg.kafka, metrics.clone());
-        Rc::new(CommitQueue::start(lake.clone(), runtime.clone(), Some(after)))
+        Rc::new(CommitQueue::start(lake.clone(), &claim, runtime.clone(), Some(after)))
     });
     let committed = recovery.committed();
     let (source_error, sink_error) = worker.dataflow(|scope| {

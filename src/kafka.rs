@@ -45,6 +45,17 @@ pub enum KafkaSetupError {
         /// Its first offset.
         low: i64,
     },
+    /// A partition the lake has read is not in the topic's metadata.
+    #[error(
+        "partition {partition} is in the lake's newest commit, but the brokers report {count} partitions (stale \
+         metadata or another topic); nothing was read"
+    )]
+    Vanished {
+        /// The partition.
+        partition: i32,
+        /// Partitions the brokers report.
+        count: usize,
+    },
     /// The log no longer holds records a restart must replay.
     #[error(
         "partition {partition} must be replayed from offset {replay}, but the topic now starts at {low} (retention \

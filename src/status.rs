@@ -28,7 +28,7 @@ pub struct Status {
     /// The lake location.
     pub lake: String,
     /// Commit records in the log.
-    pub commits: usize,
+    pub commits: u64,
     /// The newest commit, if any.
     pub last_commit: Option<LastCommit>,
     /// Per table, in catalog order.
@@ -85,7 +85,7 @@ pub struct PartitionStatus {
 
 /// Reads the status of `lake`.
 pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
-    let (commits, newest) = commit::log(lake).await?;
+    let (commits, newest) = commit::newest_commit(lake).await?;
     let last_commit = newest.map(|r| {
         let committed = DateTime::parse_from_rfc3339(&r.committed_at).ok().map(|t| t.with_timezone(&Utc));
         let point = (!r.is_final()).then_some(r.commit);
@@ -132,7 +132,7 @@ pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
 
 /// Bar widths from the newest commit's settings (the job's `--bars`); `1m` for an empty lake.
 async fn last_commit_widths(lake: &Lake) -> Result<Vec<u64>, StatusError> {
-    Ok(commit::newest(lake).await?.map_or_else(|| vec![60_000], |r| r.settings.bar_widths_ms))
+    Ok(commit::newest_commit(lake).await?.1.map_or_else(|| vec![60_000], |r| r.settings.bar_widths_ms))
 }
 
 /// The status as text for a terminal.

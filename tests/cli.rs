@@ -92,6 +92,15 @@ fn cluster_flags_are_validated() {
 }
 
 #[test]
+fn a_commit_interval_off_the_window_steps_is_refused() {
+    let out = stockflow(&["--commit-interval", "10s", "--drain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("--commit-interval 10s is not a multiple of --window 1m"), "{lines:?}");
+}
+
+#[test]
 fn simulator_lists_its_universe() {
     let out = stockflow(&["simulate", "--symbols", "10", "--list-symbols"]);
     assert!(out.status.success());

@@ -13,7 +13,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use stockflow::lake::Lake;
 
 mod common;
-use common::{Landed, read_lake};
+use common::{Landed, commits, log_records, read_lake};
 
 const PARTITIONS: i32 = 4;
 const WIDTHS: [u64; 2] = [60_000, 300_000];
@@ -121,10 +121,6 @@ fn drain(brokers: &str, lake: &Path, workers: usize) {
     }
     let out = child.wait_with_output().expect("drain");
     assert!(out.status.success(), "drain failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn commits(lake: &Path) -> usize {
-    std::fs::read_dir(lake.join("_stockflow/commits")).map(|d| d.count()).unwrap_or(0)
 }
 
 fn staged_files(dir: &Path) -> usize {
@@ -235,4 +231,75 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert!(kills_after_a_commit >= 5, "too few kills landed after a commit: {kills_after_a_commit}");
     assert_eq!(staged_files(&crashed.join("_stockflow/staging")), 0, "uncommitted files left behind");
     assert_eq!(staged_files(&clean.join("_stockflow/staging")), 0);
+}
+
+/// Two runs on one lake (a manual run beside the service): B starts while A runs and claims
+/// the lake; A stops with one clear line at its next commit instead of committing files B
+/// cleared; after B stops, a drain finishes the lake, which equals a clean run's.
+#[test]
+fn two_overlapping_runs_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kafka = DevKafka::start(dir.path());
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    let mut market = Market::new(43);
+    let lake = dir.path().join("shared");
+    // Waits until the log holds `n` records (commits and claims).
+    let wait_for_records = |n: usize, child: &mut Child| {
+        let waiting = Instant::now();
+        while log_records(&lake).len() < n {
+            assert!(child.try_wait().expect("try_wait").is_none(), "job exited before committing");
+            assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    market.produce(&producer, 5_000);
+    let mut a = job(&kafka.brokers, &lake, 2, false).spawn().expect("run A");
+    wait_for_records(2, &mut a); // A's claim and a commit
+    let mut b = job(&kafka.brokers, &lake, 1, false).spawn().expect("run B");
+    // B's claim: a claim of a generation after A's (A may commit meanwhile).
+    let a_generation = log_records(&lake)[0].generation;
+    let waiting = Instant::now();
+    while !log_records(&lake).iter().any(|r| r.claim && r.generation > a_generation) {
+        assert!(b.try_wait().expect("try_wait").is_none(), "run B exited before claiming the lake");
+        assert!(waiting.elapsed() < Duration::from_secs(120), "run B did not claim the lake within 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // More trades move both runs' frontiers on: A's next commit finds B's claim first.
+    let mut produced = 5_000;
+    while a.try_wait().expect("try_wait").is_none() {
+        assert!(produced < 60_000, "run A kept committing after run B claimed the lake");
+        market.produce(&producer, 2_500);
+        produced += 2_500;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = a.wait_with_output().expect("run A");
+    let lines: Vec<String> =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.starts_with("error:")).map(String::from).collect();
+    assert_eq!(out.status.code(), Some(1), "run A stops as superseded: {lines:?}");
+    assert!(lines.len() == 1 && lines[0].contains("another run took over the lake"), "{lines:?}");
+
+    let waiting = log_records(&lake).len();
+    market.produce(&producer, 2_500);
+    produced += 2_500;
+    wait_for_records(waiting + 1, &mut b); // B goes on committing
+    assert!(log_records(&lake).last().is_some_and(|r| r.is_commit()));
+    let term = Command::new("kill").args(["-TERM", &b.id().to_string()]).status().expect("kill -TERM");
+    assert!(term.success());
+    let out = b.wait_with_output().expect("run B");
+    assert!(out.status.success(), "run B: {}", String::from_utf8_lossy(&out.stderr));
+    drain(&kafka.brokers, &lake, 2);
+
+    let clean = dir.path().join("clean");
+    drain(&kafka.brokers, &clean, 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let got = rt.block_on(read_lake(&Lake::open(&lake.to_string_lossy()).expect("lake"), &WIDTHS));
+    let want = rt.block_on(read_lake(&Lake::open(&clean.to_string_lossy()).expect("lake"), &WIDTHS));
+    assert_eq!(want.trades.len() + want.quarantine.len(), produced);
+    assert_eq!(got.duplicates, 0, "records landed twice");
+    assert_eq!(got.trades, want.trades, "trades differ from a clean run");
+    assert_eq!(got.quarantine, want.quarantine, "quarantine differs from a clean run");
+    assert_eq!(bar_rows(&got), bar_rows(&want), "bar rows differ from a clean run");
+    assert_eq!(staged_files(&lake.join("_stockflow/staging")), 0, "uncommitted files left behind");
 }

@@ -17,7 +17,7 @@ use stockflow::lake::Lake;
 use stockflow::simulate::topic::{Keys, TopicShape, generate, produce};
 
 mod common;
-use common::read_lake;
+use common::{commits, read_lake};
 
 fn job(kafka: &KafkaConfig, lake: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));
@@ -29,13 +29,13 @@ fn job(kafka: &KafkaConfig, lake: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
-fn commits(lake: &Path) -> usize {
-    std::fs::read_dir(lake.join("_stockflow/commits")).map_or(0, |d| d.count())
-}
-
-fn wait_ok(child: Child, what: &str) {
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+fn wait_ok(mut child: Child, what: &str) {
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    assert!(status.success(), "{what} failed: {err}");
 }
 
 #[test]
@@ -56,14 +56,18 @@ fn a_silent_process_follows_the_cluster_and_commits_keep_coming() {
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).expect("hosts");
     let hosts = hosts.to_string_lossy().into_owned();
+    let logs: Vec<std::path::PathBuf> = (0..2).map(|p| dir.path().join(format!("process-{p}.log"))).collect();
     let procs: Vec<Child> = (0..2)
         .map(|p| {
+            let log = std::fs::File::create(&logs[p]).expect("log file");
             let p = p.to_string();
             job(&kafka, &lake, &["-w", "1", "-n", "2", "-p", &p, "-h", &hosts, "--idle-timeout", "1s"])
+                .stderr(log)
                 .spawn()
                 .expect("spawn")
         })
         .collect();
+    let logs_of = || logs.iter().map(|l| std::fs::read_to_string(l).unwrap_or_default()).collect::<Vec<_>>().join("\n");
 
     // Trades arrive in three rounds of twenty minutes of event time; each round is committed
     // while process 1 hears nothing at all.
@@ -75,7 +79,12 @@ fn a_silent_process_follows_the_cluster_and_commits_keep_coming() {
         produce(&kafka, &shape, &part).expect("produce");
         let deadline = Instant::now() + Duration::from_secs(120);
         while commits(&lake) <= before {
-            assert!(Instant::now() < deadline, "no commit after round {round}: the silent process holds the frontier");
+            if Instant::now() > deadline {
+                for child in &procs {
+                    let _ = Command::new("kill").args(["-KILL", &child.id().to_string()]).status();
+                }
+                panic!("no commit after round {round}: the silent process holds the frontier\n{}", logs_of());
+            }
             std::thread::park_timeout(Duration::from_millis(50));
         }
     }

@@ -1,44 +1,56 @@
-//! The commit protocol: which output is in the lake, recorded with one create-only put per
-//! commit point, and the recovery that makes a restart continue exactly where it stopped.
+//! The commit protocol: which output is in the lake, recorded in a numbered commit log
+//! appended with create-only puts, and the recovery that makes a restart continue exactly
+//! where it stopped.
 //!
 //! Commit point `T` (a multiple of `--commit-interval`) holds every output row with timely
-//! time `< T`. Worker 0's committer writes `_stockflow/commits/<T>.json` once its input
+//! time `< T`. Worker 0's committer appends a record to `_stockflow/commits/` once its input
 //! frontier — the sources' positions and the sinks' staged files — has passed `T`, then moves
 //! the staged files into their tables. The record is the commit: a crash before it leaves
 //! only staging garbage, a crash after it leaves moves that recovery finishes.
+//!
+//! One writer per lake: a starting run finishes the newest record's moves and appends a
+//! claim (a generation of its own); a run it superseded fails its next append and stops
+//! before committing anything, and only staging of older generations is cleared.
 
+mod committer;
+pub mod log;
+pub mod moves;
+mod queue;
 pub mod record;
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 
-use dataflows::resume::{Crossing, Resume};
+use dataflows::resume::Resume;
 use dataflows::{PartitionClock, Time};
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
-use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use object_store::ObjectStoreExt;
 
+pub use committer::{CommitterConfig, committer};
+pub use queue::{AfterCommit, CommitQueue};
 pub use record::{CommitRecord, Settings};
 
-use crate::lake::writer::Staged;
-use crate::lake::{COMMITS, Lake, LakeError, STAGING};
+use crate::lake::{Lake, LakeError, STAGING};
 
 /// Commit-protocol failures.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// The create-only put found the record already there.
-    #[error("commit {0} already exists in the lake: another job is writing to it")]
-    Conflict(String),
+    /// Another run appended to the commit log first: this run no longer owns the lake.
+    #[error(
+        "another run took over the lake (commit record {seq} belongs to generation {generation}); this run stops \
+         without committing"
+    )]
+    Superseded {
+        /// The record this run tried to append.
+        seq: u64,
+        /// The generation of the run that appended it.
+        generation: u64,
+    },
     /// A committed file is neither staged nor in its table.
     #[error("committed file {0} is missing from the lake")]
     Missing(String),
+    /// A different file already lies where a committed file goes.
+    #[error("{0} already exists in the lake and is not the file being committed; it was left as it is")]
+    Collision(String),
     /// The lake was written with other settings.
     #[error("the lake was written with {0}; run with the same settings or use a new lake")]
     Settings(String),
@@ -70,345 +82,126 @@ impl From<object_store::Error> for CommitError {
 /// What recovery found.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
-    /// The newest commit, if any.
+    /// Where the lake stands: this run's claim, repeating the newest commit.
     pub last: Option<CommitRecord>,
-    /// Objects removed from staging (uncommitted output of earlier runs).
+    /// Objects removed from staging and leftover temporary files (uncommitted output of
+    /// earlier runs).
     pub discarded: usize,
 }
 
 impl Recovery {
+    /// The records the restart resumes from, if the lake holds any commit.
+    fn commit(&self) -> Option<&CommitRecord> {
+        self.last.as_ref().filter(|r| !r.is_empty())
+    }
+
     /// The source's restart plan.
     pub fn resume(&self) -> Option<Resume> {
-        self.last.as_ref().map(|r| Resume { commit: r.commit, partitions: r.positions().collect() })
+        self.commit().map(|r| Resume { commit: r.commit, partitions: r.positions().collect() })
     }
 
     /// Where each partition starts reading: its replay offset.
     pub fn starts(&self) -> HashMap<i32, i64> {
-        self.last.iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.replay))).collect()
+        self.commit().iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.replay))).collect()
     }
 
     /// Each partition's clock at its replay offset.
     pub fn clocks(&self) -> HashMap<i32, PartitionClock> {
-        self.last.iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.clock))).collect()
+        self.commit().iter().flat_map(|r| r.positions().map(|(p, pos)| (p, pos.clock))).collect()
     }
 
     /// The commit point: output before it is in the lake.
     pub fn committed(&self) -> Time {
-        self.last.as_ref().map_or(0, |r| r.commit)
+        self.commit().map_or(0, |r| r.commit)
+    }
+
+    /// Whether the lake holds a commit to continue from.
+    pub fn has_commit(&self) -> bool {
+        self.commit().is_some()
+    }
+
+    /// The generation this run writes under (0 before a claim).
+    pub fn generation(&self) -> u64 {
+        self.last.as_ref().map_or(0, |r| r.generation)
     }
 }
 
-/// Reads the newest commit record, checking it against this run's `settings`. Fails if the
-/// lake was written with other settings or was finalised.
-pub async fn read_newest(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
-    let mut recovery = Recovery::default();
-    if let Some(record) = newest(lake).await? {
-        if let Some(difference) = record.settings.difference(settings) {
-            return Err(CommitError::Settings(difference));
-        }
-        if record.is_final() {
-            return Err(CommitError::Final);
-        }
-        recovery.last = Some(record);
+/// Refuses a lake written with other `settings` or finalised.
+fn check(record: &CommitRecord, settings: &Settings) -> Result<(), CommitError> {
+    if let Some(difference) = record.settings.difference(settings) {
+        return Err(CommitError::Settings(difference));
     }
-    Ok(recovery)
-}
-
-/// The commit log's newest record and how many records the log holds.
-pub async fn newest(lake: &Lake) -> Result<Option<CommitRecord>, CommitError> {
-    Ok(log(lake).await?.1)
-}
-
-/// The number of commit records and the newest one.
-pub async fn log(lake: &Lake) -> Result<(usize, Option<CommitRecord>), CommitError> {
-    let records: Vec<object_store::path::Path> = lake
-        .store
-        .list(Some(&lake.path(COMMITS)))
-        .try_filter(|m| futures::future::ready(m.location.as_ref().ends_with(".json")))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await?;
-    let Some(location) = records.iter().max() else { return Ok((0, None)) };
-    let bytes = lake.store.get(location).await?.bytes().await?;
-    let record: CommitRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| CommitError::Corrupt { path: location.to_string(), reason: e.to_string() })?;
-    Ok((records.len(), Some(record)))
-}
-
-/// Brings the lake to its newest commit: finishes that commit's moves and deletes every other
-/// staged object (output of runs that stopped before committing it).
-pub async fn recover(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
-    let mut recovery = read_newest(lake, settings).await?;
-    if let Some(record) = &recovery.last {
-        move_files(lake, &record.files).await?;
-        tracing::info!(commit = record.commit, files = record.files.len(), "recovered from the newest commit");
-    }
-    let staged: Vec<_> = lake.store.list(Some(&lake.path(STAGING))).try_collect().await?;
-    for meta in &staged {
-        match lake.store.delete(&meta.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    recovery.discarded = staged.len();
-    if recovery.discarded > 0 {
-        tracing::info!(objects = recovery.discarded, "deleted uncommitted staged files");
-    }
-    Ok(recovery)
-}
-
-/// Moves committed files from staging into their tables; a file already moved is skipped.
-async fn move_files(lake: &Lake, files: &[Staged]) -> Result<(), CommitError> {
-    for file in files {
-        let (from, to) = (lake.path(&file.staged), lake.path(&file.path));
-        match lake.store.rename(&from, &to).await {
-            Ok(()) => {}
-            Err(object_store::Error::NotFound { .. }) => {
-                // Moved before a crash: it must be in its table now.
-                match lake.store.head(&to).await {
-                    Ok(_) => {}
-                    Err(object_store::Error::NotFound { .. }) => return Err(CommitError::Missing(file.path.clone())),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if record.is_final() {
+        return Err(CommitError::Final);
     }
     Ok(())
 }
 
-/// Writes one commit: the record with a create-only put, then the moves.
-async fn commit(lake: &Lake, record: &CommitRecord) -> Result<(), CommitError> {
-    let body = serde_json::to_vec_pretty(record)
-        .map_err(|e| CommitError::Corrupt { path: record.name(), reason: e.to_string() })?;
-    let location = lake.path(&format!("{COMMITS}/{}", record.name()));
-    let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-    match lake.store.put_opts(&location, PutPayload::from(body), options).await {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => return Err(CommitError::Conflict(record.name())),
-        Err(e) => return Err(e.into()),
+/// Reads the newest record (the claim of the cluster's first process), checking it against
+/// this run's `settings`; the way the other processes of a cluster learn where to resume.
+pub async fn read_newest(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
+    let last = log::Log::list(lake).await?.newest(lake).await?;
+    if let Some(record) = &last {
+        check(record, settings)?;
     }
-    move_files(lake, &record.files).await
+    Ok(Recovery { last, discarded: 0 })
 }
 
-/// Called after each commit (the job commits the Kafka offsets there, for lag monitoring).
-pub type AfterCommit = Box<dyn Fn(&CommitRecord, std::time::Duration) + Send>;
-
-/// Commits run one after another on the IO runtime, off the worker thread: a commit's moves
-/// finish before the next record is written, so recovery only ever has the newest to finish.
-pub struct CommitQueue {
-    tx: RefCell<Option<mpsc::UnboundedSender<CommitRecord>>>,
-    task: RefCell<Option<tokio::task::JoinHandle<()>>>,
-    runtime: Handle,
-    state: Arc<Mutex<QueueState>>,
-    stopped: Arc<std::sync::atomic::AtomicBool>,
+/// The number of commits in the log and the newest one (claims are not commits).
+pub async fn newest_commit(lake: &Lake) -> Result<(u64, Option<CommitRecord>), CommitError> {
+    log::Log::list(lake).await?.newest_commit(lake).await
 }
 
-/// What the commit task has done.
-#[derive(Debug, Default)]
-struct QueueState {
-    commits: u64,
-    last: Option<Time>,
-    error: Option<CommitError>,
-}
-
-impl CommitQueue {
-    /// Starts the commit task for `lake`.
-    pub fn start(lake: Lake, runtime: Handle, after: Option<AfterCommit>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<CommitRecord>();
-        let state = Arc::new(Mutex::new(QueueState::default()));
-        let shared = Arc::clone(&state);
-        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop = Arc::clone(&stopped);
-        let task = runtime.spawn(async move {
-            while let Some(record) = rx.recv().await {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                let started = std::time::Instant::now();
-                let result = commit(&lake, &record).await;
-                let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
-                match result {
-                    Ok(()) => {
-                        let took = started.elapsed();
-                        tracing::debug!(
-                            commit = record.commit,
-                            files = record.files.len(),
-                            ms = took.as_millis() as u64,
-                            "committed"
-                        );
-                        state.commits += 1;
-                        state.last = Some(record.commit);
-                        drop(state);
-                        if let Some(after) = &after {
-                            after(&record, took);
-                        }
-                    }
-                    Err(e) => {
-                        state.error = Some(e);
-                        return; // nothing after a failed commit may be committed
-                    }
-                }
-            }
-        });
-        CommitQueue { tx: RefCell::new(Some(tx)), task: RefCell::new(Some(task)), runtime, state, stopped }
-    }
-
-    fn send(&self, record: CommitRecord) {
-        if let Some(tx) = self.tx.borrow().as_ref() {
-            let _ = tx.send(record);
+/// Brings the lake to its newest record and takes it over: finishes that record's moves
+/// (whatever it is: final, or written with other settings, it is committed), refuses a
+/// finalised lake or other settings, appends this run's claim, and deletes what older
+/// generations left uncommitted in staging and any temporary files.
+pub async fn recover(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
+    let claim = loop {
+        let log = log::Log::list(lake).await?;
+        let newest = log.newest(lake).await?;
+        if let Some(record) = &newest {
+            moves::finish(lake, &record.files).await?;
+            check(record, settings)?;
+            tracing::info!(commit = record.commit, files = record.files.len(), "recovered from the newest commit");
+        }
+        // `None`: another run appended meanwhile; take over from what it wrote.
+        if let Some(claim) = log::try_claim(lake, settings, &log, newest.as_ref()).await? {
+            break claim;
+        }
+    };
+    let mut discarded = 0;
+    let own = format!("{STAGING}/{}/", staging_dir(claim.generation));
+    let staged: Vec<_> = lake.store.list(Some(&lake.path(STAGING))).try_collect().await?;
+    for meta in staged.iter().filter(|m| !m.location.as_ref().contains(&own)) {
+        match lake.store.delete(&meta.location).await {
+            Ok(()) => discarded += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
-
-    /// The first failure, if any (taken).
-    pub fn take_error(&self) -> Option<CommitError> {
-        let error = self.state.lock().unwrap_or_else(|e| e.into_inner()).error.take();
-        // A task that ended while the queue is open died (a panic): nothing would commit again.
-        let died = self.tx.borrow().is_some() && self.task.borrow().as_ref().is_some_and(|t| t.is_finished());
-        error.or_else(|| died.then(|| LakeError::Task("the commit task stopped".into()).into()))
+    discarded += lake.remove_temporary_files()?;
+    if discarded > 0 {
+        tracing::info!(objects = discarded, "deleted uncommitted staged and temporary files");
     }
-
-    /// Stops committing: queued commits are dropped, a commit in flight finishes (its record
-    /// and moves may be in the store already, so it must not outlive the job), as after a
-    /// crash the next start recovers.
-    pub fn abort(&self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.tx.borrow_mut().take();
-        if let Some(task) = self.task.borrow_mut().take() {
-            let _ = self.runtime.block_on(task);
-        }
-    }
-
-    /// Waits for the queued commits; returns how many were written and the last point.
-    pub fn finish(&self) -> Result<(u64, Option<Time>), CommitError> {
-        self.tx.borrow_mut().take();
-        if let Some(task) = self.task.borrow_mut().take() {
-            self.runtime.block_on(task).map_err(|e| LakeError::Task(e.to_string()))?;
-        }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match state.error.take() {
-            Some(e) => Err(e),
-            None => Ok((state.commits, state.last)),
-        }
-    }
+    tracing::info!(generation = claim.generation, "claimed the lake");
+    Ok(Recovery { last: Some(claim), discarded })
 }
 
-/// What the committer needs to know.
-#[derive(Clone, Debug)]
-pub struct CommitterConfig {
-    /// Event-time interval between commit points.
-    pub interval_ms: u64,
-    /// Partitions of the topic at start: a commit needs the position of each, and of every
-    /// partition added since whose first records lie below the commit point.
-    pub partitions: i32,
-    /// The recovered commit point; only later points are committed.
-    pub after: Time,
-    /// Topic and settings written into each record.
-    pub template: CommitRecord,
-}
-
-/// The committer: gathers every source's crossings and every sink's staged files on worker 0
-/// and commits the greatest commit point its frontier has passed. At the end of the input it
-/// commits everything when every source reached the end of its log (`--drain`), and otherwise
-/// (a graceful stop) the greatest point all sources had passed.
-pub fn committer<'scope>(
-    crossings: StreamVec<'scope, Time, Crossing>,
-    staged: StreamVec<'scope, Time, Staged>,
-    cfg: CommitterConfig,
-    queue: Option<Rc<CommitQueue>>,
-) {
-    let to_zero = |_: &Crossing| 0u64;
-    let files_to_zero = |_: &Staged| 0u64;
-    crossings.binary_frontier::<_, CapacityContainerBuilder<Vec<()>>, _, _, _, _>(
-        staged,
-        Exchange::new(to_zero),
-        Exchange::new(files_to_zero),
-        "Committer",
-        move |cap, _info| {
-            drop(cap); // no output: the committer must not hold the dataflow open
-            let mut marks: HashMap<i32, Vec<(Time, Option<Time>, dataflows::resume::PartitionMark)>> = HashMap::new();
-            // Where each partition's first crossing started: a partition added while the job
-            // runs has nothing below it (its records are placed at or above the frontier it
-            // was found at), so a commit point at or below it does not need its position.
-            let mut first: HashMap<i32, Time> = HashMap::new();
-            let mut files: BTreeMap<Time, Vec<Staged>> = BTreeMap::new();
-            let mut last = cfg.after;
-            let mut ended = false;
-            move |(crossings_in, crossings_frontier), (staged_in, staged_frontier), _output| {
-                crossings_in.for_each(|_, data| {
-                    for c in data.drain(..) {
-                        for m in c.partitions {
-                            first.entry(m.partition).or_insert(c.from);
-                            marks.entry(m.partition).or_default().push((c.from, c.to, m));
-                        }
-                    }
-                });
-                staged_in.for_each(|_, data| {
-                    for f in data.drain(..) {
-                        files.entry(f.epoch).or_default().push(f);
-                    }
-                });
-                let Some(queue) = &queue else { return };
-                let frontier = [crossings_frontier.frontier(), staged_frontier.frontier()]
-                    .iter()
-                    .filter_map(|f| f.first().copied())
-                    .min();
-                let point = match frontier {
-                    Some(f) => f - f % cfg.interval_ms.max(1),
-                    None if ended => return,
-                    None => {
-                        ended = true;
-                        // Every partition's last crossing: the end of its log, or where a
-                        // graceful stop left it.
-                        let ends: Vec<Option<Time>> =
-                            marks.values().map(|m| m.last().and_then(|(_, to, _)| *to)).collect();
-                        if ends.len() as i32 >= cfg.partitions && ends.iter().all(Option::is_none) {
-                            Time::MAX
-                        } else {
-                            match ends.iter().map(|t| t.unwrap_or(Time::MAX)).min() {
-                                Some(t) => t - t % cfg.interval_ms.max(1),
-                                None => return,
-                            }
-                        }
-                    }
-                };
-                if point <= last {
-                    return;
-                }
-                let positions: BTreeMap<i32, _> = marks
-                    .iter()
-                    .filter_map(|(p, ms)| {
-                        ms.iter()
-                            .find(|(from, to, _)| dataflows::resume::covers(*from, *to, point))
-                            .map(|(_, _, m)| (*p, m.position(point)))
-                    })
-                    .collect();
-                let needed = |p: &i32| *p < cfg.partitions || first.get(p).is_some_and(|from| *from < point);
-                let known = (0..cfg.partitions).chain(first.keys().copied());
-                if !known.filter(needed).all(|p| positions.contains_key(&p)) {
-                    return; // a source has not reported this point (it started past it)
-                }
-                let later = match point.checked_add(1) {
-                    Some(next) => files.split_off(&next),
-                    None => BTreeMap::new(),
-                };
-                let committed: Vec<Staged> = std::mem::replace(&mut files, later).into_values().flatten().collect();
-                for ms in marks.values_mut() {
-                    ms.retain(|(_, to, _)| to.is_none_or(|to| to > point));
-                }
-                last = point;
-                queue.send(cfg.template.for_commit(point, positions, committed));
-            }
-        },
-    );
+/// The staging folder of a generation's files, under `_stockflow/staging/`.
+pub fn staging_dir(generation: u64) -> String {
+    format!("g{generation}")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use dataflows::resume::Position;
-    use object_store::ObjectStoreExt;
+    use object_store::{ObjectStoreExt, PutPayload};
 
     use super::*;
+    use crate::lake::writer::Staged;
 
     fn settings() -> Settings {
         Settings {
@@ -418,20 +211,59 @@ mod tests {
             bar_widths_ms: vec![60_000],
             horizon_ms: 3_600_000,
             commit_interval_ms: 60_000,
-            max_skew_ms: 60_000,
+            max_skew_ms: Some(60_000),
         }
     }
 
-    fn staged(lake: &Lake, rt: &tokio::runtime::Runtime, name: &str, epoch: Time) -> Staged {
-        let file = Staged {
-            epoch,
-            staged: format!("{STAGING}/run/trades/dt=2025-11-24/hour=14/{name}"),
-            path: format!("trades/dt=2025-11-24/hour=14/{name}"),
-            rows: 1,
-            bytes: 3,
-        };
-        rt.block_on(lake.store.put(&lake.path(&file.staged), PutPayload::from_static(b"abc"))).expect("stage");
-        file
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        _dir: tempfile::TempDir,
+        lake: Lake,
+    }
+
+    fn fixture() -> Fixture {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        Fixture { rt, _dir: dir, lake }
+    }
+
+    impl Fixture {
+        /// A file staged by generation `generation` for epoch `epoch`.
+        fn stage(&self, generation: u64, name: &str, epoch: Time) -> Staged {
+            let file = Staged {
+                epoch,
+                staged: format!("{STAGING}/{}/trades/dt=2025-11-24/hour=14/{name}", staging_dir(generation)),
+                path: format!("trades/dt=2025-11-24/hour=14/{name}"),
+                rows: 1,
+                bytes: 3,
+                replace: false,
+            };
+            self.put(&file.staged, b"abc");
+            file
+        }
+
+        fn put(&self, path: &str, body: &'static [u8]) {
+            self.rt.block_on(self.lake.store.put(&self.lake.path(path), PutPayload::from_static(body))).expect("put");
+        }
+
+        fn exists(&self, path: &str) -> bool {
+            self.rt.block_on(self.lake.store.head(&self.lake.path(path))).is_ok()
+        }
+
+        /// A commit of generation `claim`'s run, appended after it, as the commit task does.
+        fn commit(&self, claim: &CommitRecord, commit: Time, files: Vec<Staged>) -> Result<CommitRecord, CommitError> {
+            let record = CommitRecord { seq: claim.seq + 1, generation: claim.generation, ..record(commit, files) };
+            self.rt.block_on(async {
+                log::append(&self.lake, &record).await?;
+                moves::finish(&self.lake, &record.files).await
+            })?;
+            Ok(record)
+        }
+
+        fn recover(&self, settings: &Settings) -> Result<Recovery, CommitError> {
+            self.rt.block_on(recover(&self.lake, settings))
+        }
     }
 
     fn record(commit: Time, files: Vec<Staged>) -> CommitRecord {
@@ -439,61 +271,130 @@ mod tests {
         CommitRecord::template(settings()).for_commit(commit, BTreeMap::from([(0, position)]), files)
     }
 
-    fn exists(lake: &Lake, rt: &tokio::runtime::Runtime, path: &str) -> bool {
-        rt.block_on(lake.store.head(&lake.path(path))).is_ok()
-    }
-
     #[test]
-    fn recovery_finishes_the_moves_of_the_newest_commit_and_clears_staging() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
-        let (a, b) = (staged(&lake, &rt, "a.parquet", 60_000), staged(&lake, &rt, "b.parquet", 120_000));
-        let uncommitted = staged(&lake, &rt, "c.parquet", 180_000);
+    fn recovery_finishes_the_moves_of_the_newest_commit_and_clears_older_staging() {
+        let f = fixture();
+        let first = f.recover(&settings()).expect("claim a new lake");
+        assert!(!first.has_commit() && first.generation() == 1);
+        let (a, b) = (f.stage(1, "a.parquet", 60_000), f.stage(1, "b.parquet", 120_000));
+        let uncommitted = f.stage(1, "c.parquet", 180_000);
         // A crash between the record and the moves: one file moved, one not.
-        let newest = record(120_000, vec![a.clone(), b.clone()]);
-        let body = serde_json::to_vec(&newest).expect("json");
-        rt.block_on(lake.store.put(&lake.path(&format!("{COMMITS}/{}", newest.name())), body.into())).expect("put");
-        rt.block_on(lake.store.rename(&lake.path(&a.staged), &lake.path(&a.path))).expect("move a");
+        let newest = CommitRecord { seq: 2, generation: 1, ..record(120_000, vec![a.clone(), b.clone()]) };
+        f.rt.block_on(log::append(&f.lake, &newest)).expect("append");
+        f.rt.block_on(f.lake.store.rename(&f.lake.path(&a.staged), &f.lake.path(&a.path))).expect("move a");
 
-        let recovery = rt.block_on(recover(&lake, &settings())).expect("recover");
+        let recovery = f.recover(&settings()).expect("recover");
         assert_eq!(recovery.committed(), 120_000);
-        assert_eq!(recovery.last.as_ref(), Some(&newest), "the record round-trips");
-        assert!(exists(&lake, &rt, &a.path) && exists(&lake, &rt, &b.path), "both files in the table");
-        assert!(!exists(&lake, &rt, &uncommitted.staged), "uncommitted output is discarded");
-        assert!(!exists(&lake, &rt, &uncommitted.path));
+        assert_eq!(recovery.generation(), 3, "the claim is the next record");
+        assert!(f.exists(&a.path) && f.exists(&b.path), "both files in the table");
+        assert!(!f.exists(&uncommitted.staged), "uncommitted output of the older generation is discarded");
+        assert!(!f.exists(&uncommitted.path));
         assert_eq!(recovery.starts(), HashMap::from([(0, 4)]));
         let resume = recovery.resume().expect("resume");
         assert_eq!(resume.partitions[&0].raises, vec![(5, 60_000)]);
+        let (commits, newest) = f.rt.block_on(newest_commit(&f.lake)).expect("log");
+        assert_eq!((commits, newest.map(|r| r.seq)), (2, Some(2)), "claims are not commits");
+    }
+
+    /// Two runs on one lake: A stages a file; B starts, claims the lake and clears A's
+    /// staging; A's commit then fails as superseded instead of committing a deleted file,
+    /// and a later start finds a consistent lake.
+    #[test]
+    fn a_superseded_run_stops_before_committing_and_loses_nothing() {
+        let f = fixture();
+        let a = f.recover(&settings()).expect("run A");
+        let committed = f.stage(a.generation(), "a1.parquet", 60_000);
+        let a1 = f.commit(a.last.as_ref().expect("claim"), 60_000, vec![committed.clone()]).expect("A commits");
+        let pending = f.stage(a.generation(), "a2.parquet", 120_000);
+
+        let b = f.recover(&settings()).expect("run B");
+        assert_eq!(b.committed(), 60_000);
+        assert!(b.generation() > a.generation());
+        assert!(!f.exists(&pending.staged), "B clears A's uncommitted staging");
+
+        let err = f.commit(&a1, 120_000, vec![pending.clone()]).expect_err("A is superseded");
+        assert!(matches!(err, CommitError::Superseded { generation, .. } if generation == b.generation()), "{err}");
+        assert!(err.to_string().starts_with("another run took over the lake"), "{err}");
+        assert!(!f.exists(&pending.path), "nothing of A's stopped commit reached the table");
+
+        let c = f.recover(&settings()).expect("a later start");
+        assert_eq!(c.committed(), 60_000);
+        assert!(f.exists(&committed.path));
     }
 
     #[test]
-    fn a_second_writer_of_a_commit_fails_instead_of_overwriting() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
-        let first = record(60_000, vec![staged(&lake, &rt, "a.parquet", 60_000)]);
-        rt.block_on(commit(&lake, &first)).expect("first commit");
-        let second = record(60_000, vec![staged(&lake, &rt, "b.parquet", 60_000)]);
-        let err = rt.block_on(commit(&lake, &second)).expect_err("second commit");
-        assert!(matches!(err, CommitError::Conflict(_)), "{err}");
-        assert!(exists(&lake, &rt, "trades/dt=2025-11-24/hour=14/a.parquet"));
-        assert!(!exists(&lake, &rt, "trades/dt=2025-11-24/hour=14/b.parquet"), "the loser moved nothing");
+    fn a_final_commit_interrupted_before_its_moves_is_finished_then_refused() {
+        let f = fixture();
+        let a = f.recover(&settings()).expect("claim");
+        let file = f.stage(a.generation(), "last.parquet", Time::MAX);
+        let fin = CommitRecord { seq: 2, generation: a.generation(), ..record(Time::MAX, vec![file.clone()]) };
+        f.rt.block_on(log::append(&f.lake, &fin)).expect("the final record, then a crash");
+        assert!(matches!(f.recover(&settings()), Err(CommitError::Final)));
+        assert!(f.exists(&file.path) && !f.exists(&file.staged), "the final commit's files are in the table");
     }
 
     #[test]
-    fn other_settings_and_finalised_lakes_are_refused() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
-        rt.block_on(commit(&lake, &record(60_000, vec![]))).expect("commit");
+    fn other_settings_are_refused_after_the_pending_moves() {
+        let f = fixture();
+        let a = f.recover(&settings()).expect("claim");
+        let file = f.stage(a.generation(), "a.parquet", 60_000);
+        let pending = CommitRecord { seq: 2, generation: a.generation(), ..record(60_000, vec![file.clone()]) };
+        f.rt.block_on(log::append(&f.lake, &pending)).expect("a record, then a crash");
         let other = Settings { lateness_ms: 10_000, bar_widths_ms: vec![60_000, 300_000], ..settings() };
-        let err = rt.block_on(recover(&lake, &other)).expect_err("other settings");
+        let err = f.recover(&other).expect_err("other settings");
         assert_eq!(
             err.to_string(),
             "the lake was written with --lateness 5s --bars 1m; run with the same settings or use a new lake"
         );
-        rt.block_on(commit(&lake, &record(Time::MAX, vec![]))).expect("final commit");
-        assert!(matches!(rt.block_on(recover(&lake, &settings())), Err(CommitError::Final)));
+        assert!(f.exists(&file.path), "the pending commit was finished first");
+    }
+
+    #[test]
+    fn a_lake_written_before_the_bad_tick_rule_is_refused() {
+        let f = fixture();
+        let old = Settings { max_skew_ms: None, ..settings() };
+        let record = CommitRecord { seq: 1, ..CommitRecord::template(old).for_commit(60_000, BTreeMap::new(), vec![]) };
+        f.rt.block_on(log::append(&f.lake, &record)).expect("an old lake's commit");
+        let err = f.recover(&settings()).expect_err("the rule would reclassify replayed records");
+        assert!(err.to_string().contains("no --max-clock-skew (before bad ticks were quarantined)"), "{err}");
+    }
+
+    #[test]
+    fn a_move_never_overwrites_a_file_in_a_table() {
+        let f = fixture();
+        let a = f.recover(&settings()).expect("claim");
+        let file = f.stage(a.generation(), "a.parquet", 60_000);
+        f.put(&file.path, b"someone else's file");
+        let err = f.commit(a.last.as_ref().expect("claim"), 60_000, vec![file.clone()]).expect_err("collision");
+        assert!(matches!(&err, CommitError::Collision(path) if *path == file.path), "{err}");
+        let kept =
+            f.rt.block_on(async { f.lake.store.get(&f.lake.path(&file.path)).await?.bytes().await }).expect("get");
+        assert_eq!(&kept[..], b"someone else's file");
+    }
+
+    #[test]
+    fn a_move_interrupted_after_linking_is_finished_on_recovery() {
+        let f = fixture();
+        let a = f.recover(&settings()).expect("claim");
+        let file = f.stage(a.generation(), "a.parquet", 60_000);
+        let pending = CommitRecord { seq: 2, generation: a.generation(), ..record(60_000, vec![file.clone()]) };
+        f.rt.block_on(log::append(&f.lake, &pending)).expect("append");
+        // A local move links the file into its table, then removes the staged copy; a crash
+        // in between leaves both.
+        f.rt.block_on(f.lake.store.copy(&f.lake.path(&file.staged), &f.lake.path(&file.path))).expect("link");
+        f.recover(&settings()).expect("recover");
+        assert!(f.exists(&file.path) && !f.exists(&file.staged));
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed() {
+        let f = fixture();
+        f.put("trades/dt=2025-11-24/hour=14/x.parquet", b"abc");
+        let root = f.lake.local.clone().expect("a local lake");
+        std::fs::write(root.join("trades/dt=2025-11-24/hour=14/y.parquet#3"), b"half").expect("temp file");
+        let recovery = f.recover(&settings()).expect("recover");
+        assert_eq!(recovery.discarded, 1);
+        assert!(!root.join("trades/dt=2025-11-24/hour=14/y.parquet#3").exists());
+        assert!(f.exists("trades/dt=2025-11-24/hour=14/x.parquet"));
     }
 }

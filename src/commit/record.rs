@@ -1,4 +1,5 @@
-//! The commit record: `_stockflow/commits/<commit point>.json`, the lake's durable state.
+//! The commit record: `_stockflow/commits/<seq>.json`, the lake's durable state. Records are
+//! numbered in the order they were written; the newest one is where the lake stands.
 
 use std::collections::BTreeMap;
 
@@ -24,13 +25,10 @@ pub struct Settings {
     pub horizon_ms: u64,
     /// `--commit-interval`, ms.
     pub commit_interval_ms: u64,
-    /// `--max-clock-skew`, ms (lakes written before the rule read as the default).
-    #[serde(default = "default_skew")]
-    pub max_skew_ms: u64,
-}
-
-fn default_skew() -> u64 {
-    dataflows::time::DEFAULT_MAX_SKEW_MS
+    /// `--max-clock-skew`, ms; `None` in lakes written before bad ticks were quarantined,
+    /// which a run with the rule refuses (it would classify replayed records differently).
+    #[serde(default)]
+    pub max_skew_ms: Option<u64>,
 }
 
 impl Settings {
@@ -58,7 +56,10 @@ impl Settings {
             diffs.push(format!("--commit-interval {}", ms(self.commit_interval_ms)));
         }
         if self.max_skew_ms != other.max_skew_ms {
-            diffs.push(format!("--max-clock-skew {}", ms(self.max_skew_ms)));
+            diffs.push(match self.max_skew_ms {
+                Some(skew) => format!("--max-clock-skew {}", ms(skew)),
+                None => "no --max-clock-skew (before bad ticks were quarantined)".to_owned(),
+            });
         }
         (!diffs.is_empty()).then(|| diffs.join(" "))
     }
@@ -69,6 +70,21 @@ impl Settings {
 pub struct CommitRecord {
     /// Format version.
     pub version: u32,
+    /// Position in the commit log (the record's name). Each writer appends `seq + 1` of the
+    /// newest record it knows with a create-only put, so two writers can never both append.
+    #[serde(default)]
+    pub seq: u64,
+    /// The run that wrote it: the `seq` of the record with which that run claimed the lake.
+    #[serde(default)]
+    pub generation: u64,
+    /// A claim: a run taking over the lake repeats the newest commit under its own
+    /// generation, so a run it superseded can append nothing more.
+    #[serde(default)]
+    pub claim: bool,
+    /// How many commits (not claims) the log holds up to and including this record, so a
+    /// reader counts them without reading every record.
+    #[serde(default)]
+    pub commits: u64,
     /// The commit point `T`: every output row with time `< T` is committed. `u64::MAX` marks
     /// the final commit of a `--drain` run.
     pub commit: Time,
@@ -90,6 +106,10 @@ impl CommitRecord {
     pub fn template(settings: Settings) -> Self {
         CommitRecord {
             version: Self::VERSION,
+            seq: 0,
+            generation: 0,
+            claim: false,
+            commits: 0,
             commit: 0,
             committed_at: String::new(),
             settings,
@@ -114,13 +134,33 @@ impl CommitRecord {
         self.commit == Time::MAX
     }
 
-    /// The object name: the commit point zero-padded, so names sort as numbers do.
+    /// The object name: the sequence number zero-padded, so names sort as numbers do.
     pub fn name(&self) -> String {
-        format!("{:020}.json", self.commit)
+        record_name(self.seq)
+    }
+
+    /// Whether it records a commit (rather than a run's claim of the lake).
+    pub fn is_commit(&self) -> bool {
+        !self.claim
+    }
+
+    /// Whether it holds anything to resume from: a claim of a lake with no commit does not.
+    pub fn is_empty(&self) -> bool {
+        self.commit == 0 && self.partitions.is_empty()
     }
 
     /// Each partition's position.
     pub fn positions(&self) -> impl Iterator<Item = (i32, Position)> + '_ {
         self.partitions.iter().map(|(p, pos)| (*p, pos.clone()))
     }
+}
+
+/// The name of the record with sequence number `seq`.
+pub fn record_name(seq: u64) -> String {
+    format!("{seq:020}.json")
+}
+
+/// The sequence number a record name stands for (`None` for other objects).
+pub fn record_seq(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")?.parse().ok()
 }

@@ -58,6 +58,8 @@ pub struct Lake {
     pub prefix: Path,
     /// The location as the user gave it, for messages.
     pub location: String,
+    /// The folder of a local lake (`None` on S3): what durability and clean-up act on.
+    pub local: Option<PathBuf>,
 }
 
 /// Wraps the store a lake opens (instrumentation, throttling, fault injection in tests).
@@ -123,8 +125,9 @@ impl Lake {
         };
         std::fs::create_dir_all(&folder).map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
         let folder = folder.canonicalize().map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
-        let store = LocalFileSystem::new_with_prefix(&folder)?;
-        Ok(Lake { store: Arc::new(store), prefix: Path::default(), location: location.to_owned() })
+        // Deleting a file removes the folders it leaves empty (staging of committed epochs).
+        let store = LocalFileSystem::new_with_prefix(&folder)?.with_automatic_cleanup(true);
+        Ok(Lake { store: Arc::new(store), prefix: Path::default(), location: location.to_owned(), local: Some(folder) })
     }
 
     fn open_s3(location: &str, rest: &str, options: &LakeOptions) -> Result<Lake, LakeError> {
@@ -143,7 +146,7 @@ impl Lake {
         let store =
             builder.build().map_err(|e| LakeError::Access { location: location.to_owned(), reason: e.to_string() })?;
         let prefix = Path::parse(prefix.trim_matches('/')).map_err(|_| LakeError::Unsupported(location.to_owned()))?;
-        Ok(Lake { store: Arc::new(store), prefix, location: location.to_owned() })
+        Ok(Lake { store: Arc::new(store), prefix, location: location.to_owned(), local: None })
     }
 
     /// Lists the lake's prefix once, so a missing bucket, denied access or an unreachable
@@ -165,6 +168,56 @@ impl Lake {
             }
             Err(_) => Err(access(format!("no answer within {}s", ACCESS_TIMEOUT.as_secs()))),
         }
+    }
+
+    /// Makes the local file at `relative` (and its name in its folder) durable: a power loss
+    /// after a commit is reported must not leave it empty. Nothing to do on S3, where a
+    /// completed put is durable.
+    pub fn sync_file(&self, relative: &str) -> Result<(), LakeError> {
+        let Some(root) = &self.local else { return Ok(()) };
+        let path = root.join(relative);
+        let sync = |p: &std::path::Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+        sync(&path).map_err(|source| LakeError::Folder { path: path.clone(), source })?;
+        if let Some(parent) = path.parent() {
+            sync(parent).map_err(|source| LakeError::Folder { path: parent.to_owned(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Makes the folders holding `relative` files durable (a rename is durable once its
+    /// folder is). Nothing to do on S3.
+    pub fn sync_tables<'a>(&self, relative: impl IntoIterator<Item = &'a str>) -> Result<(), LakeError> {
+        let Some(root) = &self.local else { return Ok(()) };
+        let folders: std::collections::BTreeSet<PathBuf> =
+            relative.into_iter().filter_map(|r| root.join(r).parent().map(PathBuf::from)).collect();
+        for folder in folders {
+            std::fs::File::open(&folder)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files a local put leaves when it is killed before its rename
+    /// (`<name>#<n>`); returns how many. Nothing to do on S3, where a put is one request.
+    pub fn remove_temporary_files(&self) -> Result<usize, LakeError> {
+        let Some(root) = &self.local else { return Ok(0) };
+        let mut removed = 0;
+        let mut folders = vec![root.clone()];
+        while let Some(folder) = folders.pop() {
+            let entries =
+                std::fs::read_dir(&folder).map_err(|source| LakeError::Folder { path: folder.clone(), source })?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    folders.push(path);
+                } else if entry.file_name().to_string_lossy().contains('#') {
+                    std::fs::remove_file(&path).map_err(|source| LakeError::Folder { path: path.clone(), source })?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The folder of `table` under the lake's prefix.

@@ -104,6 +104,11 @@ pub struct Staged {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Whether it replaces the file at `path` (a table file republished whole) rather than
+    /// joining the table as a new file. (Always written: timely exchanges this type between
+    /// processes with bincode, which cannot skip fields.)
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Where and under which name a worker's files go.
@@ -265,7 +270,7 @@ impl FileSink {
         let bytes = Bytes::from(file.writer.into_inner()?);
         let (epoch, hour) = key;
         let (staged, path) = self.namer.next(table, hour, epoch);
-        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: bytes.len() as u64 };
+        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: bytes.len() as u64, replace: false };
         self.stats.files += 1;
         self.stats.bytes += staged.bytes;
         *self.stats.rows.entry(table.name()).or_default() += staged.rows;

@@ -29,12 +29,13 @@ use super::{SourceError, StopAt};
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::metrics::JobMetrics;
 
-/// What a worker may hold fetched but not yet read, over all its partitions. Split evenly, at
-/// least [`MIN_QUEUE_KB`] a partition: a paused partition keeps at most its share.
-const FETCHED_KB_PER_WORKER: usize = 128 * 1024;
-/// The least a partition's queue may hold: a few large (1 MB) batches; less starves the
-/// fetcher (measured: 2 MiB a partition is 15% slower than 4 MiB at 64 partitions a worker).
-const MIN_QUEUE_KB: usize = 4 * 1024;
+/// What a process may hold fetched but not yet read, over all its workers' partitions. Split
+/// evenly, at least [`MIN_QUEUE_KB`] a partition: a paused partition keeps at most its share.
+/// At 64 partitions a process that is 4 MiB each, where the fetcher keeps pace (measured: 2 MiB
+/// a partition was 15% slower than 4 MiB; 16 and 64 MiB no faster).
+pub const FETCHED_KB_PER_PROCESS: usize = 256 * 1024;
+/// The least a partition's queue may hold: a couple of large (1 MB) batches.
+const MIN_QUEUE_KB: usize = 2 * 1024;
 
 /// The consumer's context: keeps the high watermarks librdkafka reports in its statistics
 /// (every second, on the polling thread), so consumer lag costs no broker round trip.
@@ -94,19 +95,19 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Assigns the partitions of `known` this worker owns (`p % peers == index`), each from
-    /// its start offset (the job passes the replay offset of a restart, or the low watermark).
+    /// Assigns the partitions of `known` worker `index` of `peers` owns (`p % peers == index`),
+    /// each from its start offset (the job passes the replay offset of a restart, or the low
+    /// watermark); `local` workers share this process's fetch budget.
     pub fn new(
         cfg: &KafkaConfig,
         known: &Arc<TopicPartitions>,
-        index: usize,
-        peers: usize,
+        (index, peers, local): (usize, usize, usize),
         stop: StopAt,
         metrics: JobMetrics,
     ) -> Result<Self, SourceError> {
         let owns = |p: i32| p >= 0 && p as usize % peers.max(1) == index;
         let mine: Vec<(i32, i64)> = known.starts().into_iter().filter(|(p, _)| owns(*p)).collect();
-        let queue_kb = (FETCHED_KB_PER_WORKER / mine.len().max(1)).max(MIN_QUEUE_KB);
+        let queue_kb = (FETCHED_KB_PER_PROCESS / local.max(1) / mine.len().max(1)).max(MIN_QUEUE_KB);
         let mut config = cfg.client_config();
         config
             .set("group.id", "stockflow")

@@ -67,3 +67,23 @@ pub fn scrape(addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// The records of a local lake's commit log (commits and claims), in log order.
+pub fn log_records(lake: &std::path::Path) -> Vec<stockflow::commit::CommitRecord> {
+    let mut records: Vec<stockflow::commit::CommitRecord> = std::fs::read_dir(lake.join("_stockflow/commits"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                // A record being written can be empty for a moment: it is not there yet.
+                .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    records.sort_by_key(|r| r.seq);
+    records
+}
+
+/// How many commits (not claims) a local lake's log holds.
+pub fn commits(lake: &std::path::Path) -> usize {
+    log_records(lake).iter().filter(|r| r.is_commit()).count()
+}
