@@ -102,8 +102,9 @@ fn end_to_end(c: &mut Criterion) {
                         bars: Default::default(),
                         read: Default::default(),
                         sink: SinkConfig {
-                            commit_interval_ms: 3_600_000,
+                            epochs: dataflows::epoch::Epochs::every_commit(3_600_000),
                             bar_widths: dataflows::bars::BarsConfig::default().widths,
+                            open_after_ms: 3 * 3_600_000,
                             writer: WriterConfig::default(),
                         },
                         cluster: ClusterConfig::local(workers),

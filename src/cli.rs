@@ -8,6 +8,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use dataflows::TimeConfig;
 use dataflows::bars::BarsConfig;
+use dataflows::epoch::Epochs;
 
 use crate::job::{ClusterConfig, JobConfig};
 use crate::kafka::{KafkaConfig, parse_property};
@@ -294,6 +295,12 @@ pub struct JobArgs {
     /// Event-time interval at which files are closed and committed.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub commit_interval: Duration,
+    /// How often each table's files are published, as TABLE=INTERVAL pairs, each a multiple of
+    /// --commit-interval (e.g. trades=1h,quarantine=1h,bars=1m). A table's file stays open
+    /// until its interval ends, so each closed interval has one file per worker. Default:
+    /// trades and quarantine hourly, bars at every commit.
+    #[arg(long, value_parser = parse_publish)]
+    pub publish: Option<Publish>,
     /// Rows per Parquet file before it is rolled.
     #[arg(long, default_value_t = 2_000_000)]
     pub rows_per_file: usize,
@@ -326,8 +333,12 @@ impl JobArgs {
             lake_options: LakeOptions { s3_endpoint: self.s3_endpoint.clone(), layer: None },
             time,
             sink: SinkConfig {
-                commit_interval_ms: millis(self.commit_interval),
+                epochs: self.publish.clone().unwrap_or_default().epochs(millis(self.commit_interval)),
                 bar_widths: bars.widths.clone(),
+                open_after_ms: bars.widths.iter().max().copied().unwrap_or(0)
+                    + bars.horizon_ms
+                    + time.lateness_ms
+                    + time.window_ms,
                 writer: WriterConfig {
                     rows_per_file: self.rows_per_file.max(1),
                     bytes_per_file: self.bytes_per_file.max(1),
@@ -358,6 +369,47 @@ impl KafkaArgs {
     pub fn config(&self) -> KafkaConfig {
         KafkaConfig { brokers: self.brokers.clone(), topic: self.topic.clone(), properties: self.properties.clone() }
     }
+}
+
+/// `--publish`: the intervals named; the others keep their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Publish {
+    trades: Option<Duration>,
+    quarantine: Option<Duration>,
+    bars: Option<Duration>,
+}
+
+impl Publish {
+    /// The commit and publish intervals for commit interval `commit_ms`: trades and
+    /// quarantine hourly (the first multiple of the commit interval from an hour on), bars
+    /// at every commit.
+    pub fn epochs(&self, commit_ms: u64) -> Epochs {
+        let hourly = 3_600_000u64.div_ceil(commit_ms.max(1)) * commit_ms.max(1);
+        Epochs {
+            commit_ms,
+            trades_ms: self.trades.map_or(hourly, millis),
+            quarantine_ms: self.quarantine.map_or(hourly, millis),
+            bars_ms: self.bars.map_or(commit_ms, millis),
+        }
+    }
+}
+
+/// Parses `trades=1h,quarantine=1h,bars=1m` (any subset).
+pub fn parse_publish(s: &str) -> Result<Publish, String> {
+    let mut publish = Publish::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (table, interval) =
+            part.split_once('=').ok_or_else(|| format!("'{part}': expected TABLE=INTERVAL, e.g. trades=1h"))?;
+        let interval = parse_duration(interval.trim())?;
+        let slot = match table.trim() {
+            "trades" => &mut publish.trades,
+            "quarantine" => &mut publish.quarantine,
+            "bars" => &mut publish.bars,
+            other => return Err(format!("'{other}' is not a table (trades, quarantine, bars)")),
+        };
+        *slot = Some(interval);
+    }
+    Ok(publish)
 }
 
 fn millis(d: Duration) -> u64 {

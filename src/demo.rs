@@ -113,8 +113,9 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         read: Default::default(),
         sink: SinkConfig {
             // The simulated clock runs far ahead of wall time: commit hourly so files are large.
-            commit_interval_ms: 3_600_000,
+            epochs: dataflows::epoch::Epochs::every_commit(3_600_000),
             bar_widths: BarsConfig::default().widths,
+            open_after_ms: 3 * 3_600_000,
             writer: WriterConfig::default(),
         },
         cluster: ClusterConfig::local(args.workers),

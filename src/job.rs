@@ -146,7 +146,7 @@ impl JobConfig {
     /// Checks the rules between settings: bar widths, and commit points on window steps.
     pub fn validate(&self) -> Result<(), JobError> {
         self.bars.validate(&self.time).map_err(|e| JobError::Config(format!("--bars: {e}")))?;
-        let (interval, window) = (self.sink.commit_interval_ms, self.time.window_ms);
+        let (interval, window) = (self.sink.epochs.commit_ms, self.time.window_ms);
         if interval == 0 || interval % window != 0 {
             let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
             return Err(JobError::Config(format!(
@@ -156,6 +156,7 @@ impl JobConfig {
                 ms(window)
             )));
         }
+        self.sink.epochs.validate().map_err(|e| JobError::Config(format!("--publish: {e}")))?;
         Ok(())
     }
 
@@ -167,7 +168,8 @@ impl JobConfig {
             lateness_ms: self.time.lateness_ms,
             bar_widths_ms: self.bars.widths.clone(),
             horizon_ms: self.bars.horizon_ms,
-            commit_interval_ms: self.sink.commit_interval_ms,
+            commit_interval_ms: self.sink.epochs.commit_ms,
+            epochs: Some(self.sink.epochs),
             max_skew_ms: Some(self.time.max_skew_ms),
         }
     }
@@ -424,13 +426,14 @@ fn run_worker(
             clocks: recovery.clocks(),
             resume: recovery.resume(),
             pause: Some(Arc::clone(pause)),
+            epochs: cfg.sink.epochs,
             ..Default::default()
         };
         let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
         let (sink_error, staged) =
             lake_sink(out.trades, out.quarantine, out.bars, Rc::clone(&writer), &cfg.sink, committed);
         let committer_cfg = CommitterConfig {
-            interval_ms: cfg.sink.commit_interval_ms,
+            epochs: cfg.sink.epochs,
             partitions,
             after: committed,
             template: CommitRecord::template(cfg.settings()),

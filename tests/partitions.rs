@@ -103,8 +103,9 @@ fn job_config(kafka: &KafkaConfig, lake: &Path, drain: bool) -> JobConfig {
         time: TimeConfig::default(),
         read: ReadConfig::default(),
         sink: SinkConfig {
-            commit_interval_ms: 60_000,
+            epochs: dataflows::epoch::Epochs::every_commit(60_000),
             bar_widths: bars.widths.clone(),
+            open_after_ms: 3 * 3_600_000,
             writer: WriterConfig::default(),
         },
         bars,

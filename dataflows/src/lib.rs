@@ -5,6 +5,7 @@
 
 pub mod bars;
 pub mod clean;
+pub mod epoch;
 pub mod memlog;
 pub mod pipeline;
 pub mod reference;

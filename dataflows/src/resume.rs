@@ -54,7 +54,8 @@ pub struct PartitionMark {
     pub next: i64,
     /// The partition's clock before `next`.
     pub clock: PartitionClock,
-    /// The first trade of each bar expiry still ahead: `(expiry, offset, clock before it)`.
+    /// The first record of each expiry still ahead (the commit point until which a replay
+    /// needs it: bars can change or its row is unpublished): `(expiry, offset, clock before it)`.
     pub alive: Vec<(Time, i64, PartitionClock)>,
     /// Floor raises from the earliest `alive` offset on.
     pub raises: Vec<Raise>,
@@ -143,10 +144,11 @@ impl Tracker {
         self.replaying.is_some()
     }
 
-    /// Whether a record with time `time` read now was committed before the restart.
+    /// Whether a record with time `time` read now was committed before the restart, its
+    /// table having published every row below `published_below` by then.
     #[inline]
-    pub fn committed(&self, time: Time, commit: Time) -> bool {
-        self.replaying.is_some() && time < commit
+    pub fn committed(&self, time: Time, published_below: Time) -> bool {
+        self.replaying.is_some() && time < published_below
     }
 
     /// Before the record at `offset`: applies the floor raises due, replayed or live (the
@@ -169,9 +171,10 @@ impl Tracker {
         }
     }
 
-    /// Notes a valid trade at `offset` with bar expiry `expiry`, read with clock `before`.
+    /// Notes a record at `offset` that a replay needs until commit point `expiry` (its bars
+    /// can change or its row is unpublished until then), read with clock `before`.
     #[inline]
-    pub fn trade(&mut self, offset: i64, expiry: Time, before: PartitionClock) {
+    pub fn record(&mut self, offset: i64, expiry: Time, before: PartitionClock) {
         if self.last_expiry != Some(expiry) {
             self.last_expiry = Some(expiry);
             self.alive.entry(expiry).or_insert((offset, before));
@@ -233,7 +236,7 @@ mod tests {
         let before = *clock;
         t.before(offset, clock, &cfg, cap);
         let time = clock.place(&cfg, ts).time;
-        t.trade(offset, expiry(&bars, ts), before);
+        t.record(offset, expiry(&bars, ts), before);
         t.after(offset, clock, commit);
         time
     }

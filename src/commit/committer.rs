@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use dataflows::Time;
+use dataflows::epoch::Epochs;
 use dataflows::resume::{Crossing, PartitionMark, Position};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -17,8 +18,8 @@ use crate::lake::writer::Staged;
 /// What the committer needs to know.
 #[derive(Clone, Debug)]
 pub struct CommitterConfig {
-    /// Event-time interval between commit points.
-    pub interval_ms: u64,
+    /// Commit points and publish intervals.
+    pub epochs: Epochs,
     /// Partitions of the topic at start: a commit needs the position of each, and of every
     /// partition added since whose first records lie below the commit point.
     pub partitions: i32,
@@ -64,11 +65,11 @@ pub fn committer<'scope>(
                     .filter_map(|f| f.first().copied())
                     .min();
                 let point = match frontier {
-                    Some(f) => f - f % cfg.interval_ms.max(1),
+                    Some(f) => cfg.epochs.point(f),
                     None if ended => return,
                     None => {
                         ended = true;
-                        match marks.end(cfg.interval_ms) {
+                        match marks.end(cfg.epochs.commit_ms) {
                             Some(point) => point,
                             None => return,
                         }
@@ -84,13 +85,39 @@ pub fn committer<'scope>(
                     Some(next) => files.split_off(&next),
                     None => BTreeMap::new(),
                 };
-                let committed: Vec<Staged> = std::mem::replace(&mut files, later).into_values().flatten().collect();
+                let staged = std::mem::replace(&mut files, later).into_values().flatten();
+                let (committed, superseded) = newest_versions(staged);
                 marks.forget_through(point);
                 last = point;
-                queue.send(cfg.template.for_commit(point, positions, committed));
+                queue.send(cfg.template.for_commit(point, positions, committed), superseded);
             }
         },
     );
+}
+
+/// Splits a commit's files into those it moves and the older versions of files republished
+/// whole more than once since the last commit (only the newest version of a path is moved:
+/// moving two versions of one path could leave the older one in place).
+fn newest_versions(files: impl Iterator<Item = Staged>) -> (Vec<Staged>, Vec<Staged>) {
+    let (mut moved, mut superseded) = (Vec::new(), Vec::new());
+    let mut newest: BTreeMap<String, Staged> = BTreeMap::new();
+    for file in files {
+        if !file.replace {
+            moved.push(file);
+            continue;
+        }
+        match newest.get(&file.path) {
+            // Files arrive epoch by epoch; of two in one epoch the later was written later.
+            Some(kept) if kept.epoch > file.epoch => superseded.push(file),
+            _ => {
+                if let Some(older) = newest.insert(file.path.clone(), file) {
+                    superseded.push(older);
+                }
+            }
+        }
+    }
+    moved.extend(newest.into_values());
+    (moved, superseded)
 }
 
 /// Every partition's marks as the sources' frontiers moved, until a commit no longer needs

@@ -211,6 +211,7 @@ mod tests {
             bar_widths_ms: vec![60_000],
             horizon_ms: 3_600_000,
             commit_interval_ms: 60_000,
+            epochs: None,
             max_skew_ms: Some(60_000),
         }
     }

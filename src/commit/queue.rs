@@ -6,10 +6,12 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use dataflows::Time;
+use object_store::ObjectStoreExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::{CommitError, CommitRecord, log, moves};
+use crate::lake::writer::Staged;
 use crate::lake::{Lake, LakeError};
 
 /// Writes one commit: makes its staged files durable, appends the record (the commit), then
@@ -23,12 +25,26 @@ async fn commit(lake: &Lake, record: &CommitRecord) -> Result<(), CommitError> {
     moves::finish(lake, &record.files).await
 }
 
+/// A commit to write, and the staged files it makes obsolete.
+type Queued = (CommitRecord, Vec<Staged>);
+
+/// Deletes staged files no commit will name.
+async fn discard(lake: &Lake, files: &[Staged]) -> Result<(), CommitError> {
+    for file in files {
+        match lake.store.delete(&lake.path(&file.staged)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Called after each commit (the job commits the Kafka offsets there, for lag monitoring).
 pub type AfterCommit = Box<dyn Fn(&CommitRecord, std::time::Duration) + Send>;
 
 /// The commit task and what it has done.
 pub struct CommitQueue {
-    tx: RefCell<Option<mpsc::UnboundedSender<CommitRecord>>>,
+    tx: RefCell<Option<mpsc::UnboundedSender<Queued>>>,
     task: RefCell<Option<tokio::task::JoinHandle<()>>>,
     runtime: Handle,
     state: Arc<Mutex<QueueState>>,
@@ -47,20 +63,23 @@ impl CommitQueue {
     /// Starts the commit task for `lake`, appending after the run's claim `claim`.
     pub fn start(lake: Lake, claim: &CommitRecord, runtime: Handle, after: Option<AfterCommit>) -> Self {
         let (generation, mut seq, mut commits) = (claim.generation, claim.seq, claim.commits);
-        let (tx, mut rx) = mpsc::unbounded_channel::<CommitRecord>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         let state = Arc::new(Mutex::new(QueueState::default()));
         let shared = Arc::clone(&state);
         let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = Arc::clone(&stopped);
         let task = runtime.spawn(async move {
-            while let Some(mut record) = rx.recv().await {
+            while let Some((mut record, superseded)) = rx.recv().await {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
                 (seq, commits) = (seq + 1, commits + 1);
                 (record.seq, record.generation, record.commits) = (seq, generation, commits);
                 let started = std::time::Instant::now();
-                let result = commit(&lake, &record).await;
+                let mut result = commit(&lake, &record).await;
+                if result.is_ok() {
+                    result = discard(&lake, &superseded).await;
+                }
                 let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
                 match result {
                     Ok(()) => {
@@ -88,10 +107,11 @@ impl CommitQueue {
         CommitQueue { tx: RefCell::new(Some(tx)), task: RefCell::new(Some(task)), runtime, state, stopped }
     }
 
-    /// Queues a commit (numbered by the task, in order).
-    pub fn send(&self, record: CommitRecord) {
+    /// Queues a commit (numbered by the task, in order), and staged files it makes obsolete
+    /// (older versions of a file it republishes), deleted once it is stored.
+    pub fn send(&self, record: CommitRecord, superseded: Vec<Staged>) {
         if let Some(tx) = self.tx.borrow().as_ref() {
-            let _ = tx.send(record);
+            let _ = tx.send((record, superseded));
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use dataflows::Time;
+use dataflows::epoch::Epochs;
 use dataflows::resume::Position;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,10 @@ pub struct Settings {
     /// which a run with the rule refuses (it would classify replayed records differently).
     #[serde(default)]
     pub max_skew_ms: Option<u64>,
+    /// `--publish`; `None` in lakes written before tables had publish intervals, which
+    /// published every table at every commit.
+    #[serde(default)]
+    pub epochs: Option<Epochs>,
 }
 
 impl Settings {
@@ -61,7 +66,22 @@ impl Settings {
                 None => "no --max-clock-skew (before bad ticks were quarantined)".to_owned(),
             });
         }
+        let (mine, theirs) = (self.publish(), other.publish());
+        if mine != theirs {
+            let ms = |v: u64| humantime::format_duration(std::time::Duration::from_millis(v)).to_string();
+            diffs.push(format!(
+                "--publish trades={},quarantine={},bars={}",
+                ms(mine.trades_ms),
+                ms(mine.quarantine_ms),
+                ms(mine.bars_ms)
+            ));
+        }
         (!diffs.is_empty()).then(|| diffs.join(" "))
+    }
+
+    /// The commit and publish intervals the lake is written with.
+    pub fn publish(&self) -> Epochs {
+        self.epochs.unwrap_or_else(|| Epochs::every_commit(self.commit_interval_ms))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod read;
+pub mod republish;
 pub mod schema;
 pub mod writer;
 

@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::runtime::Handle;
@@ -143,6 +145,18 @@ impl FileNamer {
         );
         (format!("{STAGING}/{}/{path}", self.run), path)
     }
+
+    /// `(staged, path)` of a new version of the file republished whole for `hour`: the path
+    /// is the same for every version and run (`<table>/dt=../hour=../<hour start>.parquet`),
+    /// the staged name unique.
+    pub fn version(&mut self, table: &Table, hour: i64, epoch: Time) -> (String, String) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let dir = format!("{}/{}", table.name(), partition_path(hour));
+        let name = format!("{:013}.parquet", hour * super::HOUR_MS);
+        let staged = format!("{STAGING}/{}/{dir}/{epoch:013}-w{:03}-{seq:06}-{name}", self.run, self.worker);
+        (staged, format!("{dir}/{name}"))
+    }
 }
 
 struct OpenFile<C> {
@@ -271,6 +285,45 @@ impl FileSink {
         let (epoch, hour) = key;
         let (staged, path) = self.namer.next(table, hour, epoch);
         let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: bytes.len() as u64, replace: false };
+        self.upload(table, staged, bytes)
+    }
+
+    /// Stores a new version of `table`'s file for `hour`, holding `rows`, published by the
+    /// commit at `epoch` in place of the version before.
+    pub fn store_version<C: Columns>(
+        &mut self,
+        table: &Table,
+        hour: i64,
+        epoch: Time,
+        rows: &[C::Row],
+    ) -> Result<(), LakeError> {
+        let mut columns = C::new();
+        let mut writer = ArrowWriter::try_new(Vec::new(), table.schema(), Some(properties()))?;
+        for chunk in rows.chunks(64 * 1024) {
+            chunk.iter().for_each(|row| columns.push(row));
+            writer.write(&columns.finish()?)?;
+        }
+        let bytes = Bytes::from(writer.into_inner()?);
+        let (staged, path) = self.namer.version(table, hour, epoch);
+        let staged = Staged { epoch, staged, path, rows: rows.len() as u64, bytes: bytes.len() as u64, replace: true };
+        self.upload(table, staged, bytes)
+    }
+
+    /// The rows of `table`'s committed file for `hour` (none if there is none): where a
+    /// restart continues a file republished whole.
+    pub fn committed_version(&self, table: &Table, hour: i64) -> Result<Vec<RecordBatch>, LakeError> {
+        let (_, path) = FileNamer::new(self.namer.lake.clone(), 0, "").version(table, hour, 0);
+        let location = self.namer.lake.path(&path);
+        let bytes = match self.runtime.block_on(async { self.namer.lake.store.get(&location).await?.bytes().await }) {
+            Ok(bytes) => bytes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn upload(&mut self, table: &Table, staged: Staged, bytes: Bytes) -> Result<(), LakeError> {
         self.stats.files += 1;
         self.stats.bytes += staged.bytes;
         *self.stats.rows.entry(table.name()).or_default() += staged.rows;

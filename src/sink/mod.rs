@@ -1,25 +1,29 @@
 //! The lake sink: the dataflow's trades, quarantine and bars into Parquet files staged per
-//! commit epoch, each reported to the committer once stored.
+//! publish epoch, each reported to the committer once stored.
 //!
-//! A row at timely time `t` belongs to epoch `(t / interval + 1) * interval`, the first commit
-//! point above it; an epoch's files close when the frontier reaches it. The report of a file
-//! leaves at time `epoch - 1`, and the sink holds its capability there until the upload has
-//! finished, so the committer's frontier passing `T` means every file of every epoch up to
-//! `T` is stored and reported.
+//! A row at timely time `t` belongs to its table's epoch (`dataflows::epoch`): the first
+//! multiple of the table's publish interval above `t`. Trades and quarantine keep one open
+//! file per (epoch, hour partition), closed when the frontier reaches the epoch; bars are
+//! routed by table and hour to one worker, which republishes the hour's file whole
+//! (`crate::lake::republish`). The report of a file leaves at time `epoch - 1`, and the sink
+//! holds its capability there until the upload has finished, so the committer's frontier
+//! passing `T` means every file of every epoch up to `T` is stored and reported.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use dataflows::epoch::{Epochs, Output};
 use dataflows::{Bar, Quarantined, Reason, Time, Trade};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::runtime::Handle;
 
-use crate::lake::encode::{BarColumns, QuarantineColumns, TradeColumns};
+use crate::lake::encode::{QuarantineColumns, TradeColumns};
+use crate::lake::republish::HourFiles;
 use crate::lake::writer::{FileNamer, FileSink, Staged, TableFiles, WriteStats, WriterConfig};
 use crate::lake::{Lake, LakeError, Table, hour_of};
 use crate::metrics::JobMetrics;
@@ -27,10 +31,13 @@ use crate::metrics::JobMetrics;
 /// Settings of the sink.
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
-    /// Event-time interval between commit points, ms.
-    pub commit_interval_ms: u64,
+    /// Commit points and each table's publish interval.
+    pub epochs: Epochs,
     /// Bar widths, ms, in the order of the pipeline's width indices (each names a table).
     pub bar_widths: Vec<u64>,
+    /// Event time after an hour's end during which bar rows of the hour can still come
+    /// (widest width + revision horizon + lateness + window): how long its file stays open.
+    pub open_after_ms: u64,
     /// File sizing.
     pub writer: WriterConfig,
 }
@@ -38,8 +45,9 @@ pub struct SinkConfig {
 /// One worker's open files for all tables.
 pub struct LakeWriter {
     trades: TableFiles<TradeColumns>,
-    /// One table per bar width, by width index.
-    bars: Vec<TableFiles<BarColumns>>,
+    /// One table per bar width, by width index: hour files republished whole.
+    bars: Vec<HourFiles>,
+    epochs: Epochs,
     quarantine: TableFiles<QuarantineColumns>,
     files: FileSink,
     metrics: JobMetrics,
@@ -54,7 +62,8 @@ impl LakeWriter {
             metrics,
             bar_tables: cfg.bar_widths.iter().map(|w| Table::Bars(*w).name()).collect(),
             trades: TableFiles::new(Table::Trades, cfg.writer.clone()),
-            bars: cfg.bar_widths.iter().map(|w| TableFiles::new(Table::Bars(*w), cfg.writer.clone())).collect(),
+            bars: cfg.bar_widths.iter().map(|w| HourFiles::new(Table::Bars(*w), cfg.open_after_ms)).collect(),
+            epochs: cfg.epochs,
             quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone()),
             files: FileSink::new(FileNamer::new(lake, worker, run), runtime, &cfg.writer),
         }
@@ -63,7 +72,7 @@ impl LakeWriter {
     fn close_through(&mut self, epoch: Time) -> Result<(), LakeError> {
         self.trades.close_through(epoch, &mut self.files)?;
         for bars in &mut self.bars {
-            bars.close_through(epoch, &mut self.files)?;
+            bars.publish(epoch, &self.epochs, &mut self.files)?;
         }
         self.quarantine.close_through(epoch, &mut self.files)?;
         self.files.reap()
@@ -74,6 +83,12 @@ impl LakeWriter {
         self.files.finish()?;
         Ok(self.files.stats.clone())
     }
+}
+
+/// The worker key of a bar row: its table and hour, mixed so consecutive hours spread.
+fn bar_route(width: u8, bar: &Bar) -> u64 {
+    let hour = hour_of(bar.window_start) as u64;
+    (hour.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) ^ u64::from(width)
 }
 
 /// Where the sink reports a failure; the driver stops the worker when it is set.
@@ -95,13 +110,15 @@ pub fn lake_sink<'scope>(
     let info = builder.operator_info();
     let mut trades_in = builder.new_input(trades, Pipeline);
     let mut quarantine_in = builder.new_input(quarantine, Pipeline);
-    let mut bars_in = builder.new_input(bars, Pipeline);
+    // One worker per bar table and hour writes that hour's file.
+    let mut bars_in = builder.new_input(bars, Exchange::new(|(width, bar): &(u8, Bar)| bar_route(*width, bar)));
     let (staged_out, staged) = builder.new_output();
     let mut staged_out: OutputBuilder<Time, CapacityContainerBuilder<Vec<Staged>>> = OutputBuilder::from(staged_out);
     let error: SinkError = Rc::new(RefCell::new(None));
     let error_out = Rc::clone(&error);
-    let interval = cfg.commit_interval_ms.max(1);
-    let epoch_of = move |t: Time| (t / interval).saturating_add(1).saturating_mul(interval);
+    let epochs = cfg.epochs;
+    // Bar rows the restart's commit published are in the lake already.
+    let bars_published = epochs.published_below(Output::Bars, committed);
     let activator = scope.worker().sync_activator_for(info.address.to_vec());
     writer.borrow_mut().files.set_waker(Arc::new(move || {
         let _ = activator.activate();
@@ -114,7 +131,7 @@ pub fn lake_sink<'scope>(
             let w = &mut *guard;
             let mut result: Result<(), LakeError> = Ok(());
             trades_in.for_each_stamp(|stamp, data| {
-                let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
+                let epoch = epochs.epoch(Output::Trades, stamp.least().copied().unwrap_or(0));
                 let (mut rows, mut late) = (0, 0);
                 for t in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
@@ -129,7 +146,7 @@ pub fn lake_sink<'scope>(
             // Labelled counters are looked up once per activation, not once per row.
             let mut reasons = [0u64; Reason::ALL.len()];
             quarantine_in.for_each_stamp(|stamp, data| {
-                let epoch = epoch_of(stamp.least().copied().unwrap_or(0));
+                let epoch = epochs.epoch(Output::Quarantine, stamp.least().copied().unwrap_or(0));
                 for q in data.flat_map(|b| b.drain(..)) {
                     if result.is_ok() {
                         // Partitioned by Kafka timestamp; by the record's event-time stamp
@@ -147,14 +164,13 @@ pub fn lake_sink<'scope>(
             let mut revisions = 0;
             bars_in.for_each_stamp(|stamp, data| {
                 let time = stamp.least().copied().unwrap_or(0);
-                let epoch = epoch_of(time);
                 for (width, b) in data.flat_map(|b| b.drain(..)) {
-                    if result.is_ok() && time >= committed {
+                    if result.is_ok() && time >= bars_published {
                         revisions += u64::from(b.revision > 0);
                         result = match w.bars.get_mut(width as usize) {
                             Some(table) => {
                                 bar_rows[width as usize] += 1;
-                                table.push(epoch, hour_of(b.window_start), &b, &mut w.files)
+                                table.push(time, b, &w.files)
                             }
                             None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
                         };

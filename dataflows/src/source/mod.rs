@@ -26,6 +26,7 @@ use std::time::Duration;
 
 pub use operator::{ErrorSlot, SourceStreams, log_source};
 
+use crate::epoch::Epochs;
 use crate::resume::Resume;
 use crate::time::{PartitionClock, TimeConfig};
 
@@ -95,6 +96,8 @@ pub trait RecordSource: 'static {
 pub struct SourceConfig {
     /// Event-time model.
     pub time: TimeConfig,
+    /// Commit points and publish intervals: what a restart emits again and replays for.
+    pub epochs: Epochs,
     /// Most records handled per activation, so other operators get scheduled.
     pub batch: usize,
     /// Watermark of each partition at the first record it will deliver (empty: from scratch).
@@ -122,6 +125,7 @@ impl Default for SourceConfig {
     fn default() -> Self {
         SourceConfig {
             time: TimeConfig::default(),
+            epochs: Epochs::default(),
             batch: 32 * 1024,
             clocks: HashMap::new(),
             idle_timeout: None,

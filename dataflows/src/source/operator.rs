@@ -181,7 +181,7 @@ pub fn log_source<'scope, S: RecordSource>(
                 return;
             }
 
-            let cx = Context { time: &time_cfg, bars: &bars, commit, floor };
+            let cx = Context { time: &time_cfg, bars: &bars, epochs: &cfg.epochs, commit, floor };
             let mut out = Batches::default();
             let polled = source.poll(cfg.batch, &mut |rec: RawRecord<'_>| {
                 if delivered.last() != Some(&rec.partition) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::Time;
 use crate::bars::BarsConfig;
 use crate::clean::{Reason, clean_record};
+use crate::epoch::{Epochs, Output};
 use crate::resume::{Crossing, PartitionMark, Resume, Tracker, expiry};
 use crate::source::RawRecord;
 use crate::time::{PartitionClock, TimeConfig};
@@ -57,7 +58,10 @@ pub struct Context<'a> {
     pub time: &'a TimeConfig,
     /// Bar widths and horizon (how long a trade can still change a bar).
     pub bars: &'a BarsConfig,
-    /// The restart's commit point (0 for a fresh start): output below it is in the lake.
+    /// Commit points and each table's publish interval.
+    pub epochs: &'a Epochs,
+    /// The restart's commit point (0 for a fresh start): output its epochs published is in
+    /// the lake.
     pub commit: Time,
     /// The source's frontier: no record leaves below it.
     pub floor: Time,
@@ -115,9 +119,12 @@ impl Partition {
             Ok(c) => {
                 let watermark = self.clock.watermark(cx.time);
                 let placement = self.clock.place(cx.time, c.ts);
-                self.tracker.trade(rec.offset, expiry(cx.bars, c.ts), before);
                 // Never below the frontier (a guard; raises keep records above it).
                 let time = placement.time.max(cx.floor);
+                // A replay needs the trade until its bars can no longer change and its row
+                // is published.
+                let needed = expiry(cx.bars, c.ts).max(cx.epochs.epoch(Output::Trades, time));
+                self.tracker.record(rec.offset, needed, before);
                 let trade = Trade {
                     symbol: c.symbol,
                     price: c.price,
@@ -129,11 +136,14 @@ impl Partition {
                     ingest_ts: rec.timestamp,
                     late: placement.late,
                 };
-                Placed::Trade { time, trade, watermark, committed: self.tracker.committed(time, cx.commit) }
+                let committed = self.tracker.committed(time, cx.epochs.published_below(Output::Trades, cx.commit));
+                Placed::Trade { time, trade, watermark, committed }
             }
             Err(reason) => {
                 let time = self.clock.frontier(cx.time).max(cx.floor);
-                Placed::Quarantine { time, reason, committed: self.tracker.committed(time, cx.commit) }
+                self.tracker.record(rec.offset, cx.epochs.epoch(Output::Quarantine, time), before);
+                let below = cx.epochs.published_below(Output::Quarantine, cx.commit);
+                Placed::Quarantine { time, reason, committed: self.tracker.committed(time, below) }
             }
         };
         self.tracker.after(rec.offset, &mut self.clock, cx.commit);
@@ -252,9 +262,9 @@ mod tests {
     }
 
     fn accept(p: &mut Partition, r: &(Vec<u8>, i64, Option<i64>), floor: Time, commit: Time) -> Placed {
-        let (time, bars) = (TimeConfig::default(), BarsConfig::default());
+        let (time, bars, epochs) = (TimeConfig::default(), BarsConfig::default(), Epochs::default());
         let rec = RawRecord { partition: p.id(), offset: r.1, timestamp: r.2, payload: Some(&r.0) };
-        p.accept(&rec, &Context { time: &time, bars: &bars, commit, floor })
+        p.accept(&rec, &Context { time: &time, bars: &bars, epochs: &epochs, commit, floor })
     }
 
     fn time_of(placed: &Placed) -> Time {
