@@ -54,11 +54,22 @@ impl Drop for DevKafka {
 struct Market {
     rng: fastrand::Rng,
     clock: Vec<i64>,
+    /// Largest step of a partition's clock between two of its records, ms.
+    step: i64,
 }
 
 impl Market {
     fn new(seed: u64) -> Self {
-        Market { rng: fastrand::Rng::with_seed(seed), clock: vec![BASE_MS; PARTITIONS as usize] }
+        Market::with_step(seed, 400)
+    }
+
+    fn with_step(seed: u64, step: i64) -> Self {
+        Market { rng: fastrand::Rng::with_seed(seed), clock: vec![BASE_MS; PARTITIONS as usize], step }
+    }
+
+    /// The event time every partition has reached.
+    fn reached(&self) -> i64 {
+        self.clock.iter().copied().min().unwrap_or(BASE_MS)
     }
 
     fn record(&mut self) -> (i32, String, Vec<u8>, i64) {
@@ -66,7 +77,7 @@ impl Market {
         let p = rng.i32(0..PARTITIONS);
         let symbol = format!("S{}", p + PARTITIONS * rng.i32(0..5));
         let clock = &mut self.clock[p as usize];
-        *clock += rng.i64(0..400);
+        *clock += rng.i64(0..self.step);
         let ts = match rng.u8(..100) {
             0..=2 => *clock - rng.i64(0..900_000),
             3..=9 => *clock - rng.i64(0..8_000),
@@ -93,9 +104,16 @@ impl Market {
 }
 
 fn job(brokers: &str, lake: &Path, workers: usize, drain: bool) -> Command {
+    let mut cmd = job_with(brokers, lake, workers, drain);
+    cmd.args(["--rows-per-file", "3000"]);
+    cmd
+}
+
+/// The job with default file sizing and publish intervals.
+fn job_with(brokers: &str, lake: &Path, workers: usize, drain: bool) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stockflow"));
     cmd.args(["--brokers", brokers, "-w", &workers.to_string(), "--bars", "1m,5m", "--revision-horizon", "10m"])
-        .args(["--commit-interval", "1m", "--rows-per-file", "3000", "--lake"])
+        .args(["--commit-interval", "1m", "--lake"])
         .arg(lake)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -106,7 +124,11 @@ fn job(brokers: &str, lake: &Path, workers: usize, drain: bool) -> Command {
 }
 
 fn drain(brokers: &str, lake: &Path, workers: usize) {
-    let mut child = job(brokers, lake, workers, true).spawn().expect("drain");
+    drain_with(job(brokers, lake, workers, true), lake);
+}
+
+fn drain_with(mut cmd: Command, lake: &Path) {
+    let mut child = cmd.spawn().expect("drain");
     let started = Instant::now();
     // A drain that does not finish is a bug (a held frontier); fail instead of hanging.
     while child.try_wait().expect("try_wait").is_none() {
@@ -293,6 +315,113 @@ fn two_overlapping_runs_lose_and_duplicate_nothing() {
 
     let clean = dir.path().join("clean");
     drain(&kafka.brokers, &clean, 1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let got = rt.block_on(read_lake(&Lake::open(&lake.to_string_lossy()).expect("lake"), &WIDTHS));
+    let want = rt.block_on(read_lake(&Lake::open(&clean.to_string_lossy()).expect("lake"), &WIDTHS));
+    assert_eq!(want.trades.len() + want.quarantine.len(), produced);
+    assert_eq!(got.duplicates, 0, "records landed twice");
+    assert_eq!(got.trades, want.trades, "trades differ from a clean run");
+    assert_eq!(got.quarantine, want.quarantine, "quarantine differs from a clean run");
+    assert_eq!(bar_rows(&got), bar_rows(&want), "bar rows differ from a clean run");
+    assert_eq!(staged_files(&lake.join("_stockflow/staging")), 0, "uncommitted files left behind");
+}
+
+/// Files per table and hour partition: `(table, "dt=../hour=..") -> files`.
+fn files_per_hour(lake: &Path) -> std::collections::BTreeMap<(String, String), usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for table in ["trades", "quarantine", "bars_1m", "bars_5m"] {
+        let Ok(days) = std::fs::read_dir(lake.join(table)) else { continue };
+        for day in days.flatten() {
+            for hour in std::fs::read_dir(day.path()).into_iter().flatten().flatten() {
+                let files = std::fs::read_dir(hour.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|f| f.path().extension().is_some_and(|x| x == "parquet"))
+                    .count();
+                let partition = format!("{}/{}", day.file_name().to_string_lossy(), hour.file_name().to_string_lossy());
+                counts.insert((table.to_owned(), partition), files);
+            }
+        }
+    }
+    counts
+}
+
+/// The newest window end in a local lake's `bars_1m` table.
+fn newest_bar_end(lake: &Path) -> Option<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let lake = Lake::open(&lake.to_string_lossy()).expect("lake");
+    let table = stockflow::lake::Table::Bars(60_000);
+    let batches = rt.block_on(stockflow::lake::read::read_table(&lake, &table)).ok()?;
+    stockflow::lake::read::bars(&batches).ok()?.iter().map(|b| b.window_end).max()
+}
+
+/// Six hours of event time through `-w 2`, paced by event time (an hour of trades, then the
+/// job runs until it has committed into that hour), with five SIGKILLs along the way: every
+/// closed hour holds at most one file per worker per table, plus one more per worker for
+/// trades that came after their hour was published; each bar table holds exactly one file
+/// per hour; the newest bars are in the lake after every commit; the lake equals a clean run's.
+#[test]
+fn six_hours_with_five_sigkills_keep_few_files_and_fresh_bars() {
+    const HOUR: i64 = 3_600_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kafka = DevKafka::start(dir.path());
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    // About 7,000 trades an hour (a partition's clock steps 2 s on average).
+    let mut market = Market::with_step(11, 4_000);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let lake = dir.path().join("soak");
+    let (mut produced, mut kills, mut fresh_checks) = (0, 0, 0);
+    for hour in 1..=6 {
+        while market.reached() < BASE_MS + hour * HOUR {
+            market.produce(&producer, 500);
+            produced += 500;
+        }
+        let mut child = job_with(&kafka.brokers, &lake, 2, false).spawn().expect("job");
+        // Run until a commit lands in the hour just produced (its first minute closed).
+        let target = (BASE_MS + (hour - 1) * HOUR + 2 * 60_000) as u64;
+        let waiting = Instant::now();
+        loop {
+            let newest = log_records(&lake).into_iter().filter(|r| r.is_commit()).map(|r| r.commit).max();
+            if let Some(point) = newest.filter(|p| *p >= target) {
+                // Bars stay fresh: the window that ended a lateness and a minute before the
+                // commit point is already in the lake.
+                let end = newest_bar_end(&lake).expect("bars in the lake");
+                assert!(end as u64 + 2 * 60_000 >= point, "bars lag the commit at {point}: newest ends {end}");
+                fresh_checks += 1;
+                break;
+            }
+            assert!(child.try_wait().expect("try_wait").is_none(), "job exited before committing");
+            assert!(waiting.elapsed() < Duration::from_secs(180), "no commit in hour {hour} within 3 minutes");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if hour < 6 {
+            // Killed at a random moment after that commit: mid-read, mid-commit or idle.
+            std::thread::sleep(Duration::from_millis(rng.u64(0..800)));
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            kills += 1;
+        } else {
+            let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill -TERM");
+            assert!(term.success());
+            assert!(child.wait().expect("wait").success(), "SIGTERM after the last hour");
+        }
+    }
+    drain_with(job_with(&kafka.brokers, &lake, 2, true), &lake);
+    let clean = dir.path().join("clean");
+    drain_with(job_with(&kafka.brokers, &clean, 1, true), &clean);
+
+    let counts = files_per_hour(&lake);
+    eprintln!("soak: {produced} records, {kills} SIGKILLs, {fresh_checks} freshness checks; files per table and hour:");
+    for ((table, hour), files) in &counts {
+        eprintln!("  {table:<10} {hour}: {files}");
+    }
+    for ((table, hour), files) in &counts {
+        let most = if table.starts_with("bars") { 1 } else { 2 * 2 };
+        assert!(*files <= most, "{table} {hour}: {files} files (at most {most})");
+    }
+    assert_eq!(kills, 5);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let got = rt.block_on(read_lake(&Lake::open(&lake.to_string_lossy()).expect("lake"), &WIDTHS));
     let want = rt.block_on(read_lake(&Lake::open(&clean.to_string_lossy()).expect("lake"), &WIDTHS));
