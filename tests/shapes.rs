@@ -199,6 +199,28 @@ fn a_bad_tick_is_quarantined_and_never_moves_the_watermark() {
     let bars = BarsConfig { widths: vec![60_000], horizon_ms: 120_000 };
     let dir = tempfile::tempdir().expect("tempdir");
 
+    let tick = format!("\"t\":{BAD_TICK_MS}");
+    let (p, o) = t
+        .log
+        .partitions
+        .iter()
+        .enumerate()
+        .find_map(|(p, records)| {
+            let bad = |r: &dataflows::memlog::MemRecord| {
+                r.payload.as_ref().is_some_and(|b| String::from_utf8_lossy(b).contains(&tick))
+            };
+            Some((p as i32, records.iter().position(bad)? as i64))
+        })
+        .expect("the bad tick is in the log");
+    let commits = || -> Vec<CommitRecord> {
+        let mut records: Vec<CommitRecord> = std::fs::read_dir(dir.path().join("_stockflow/commits"))
+            .map(|d| d.flatten().filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()).collect())
+            .unwrap_or_default();
+        records.retain(|r| r.is_commit() && !r.is_final());
+        records.sort_by_key(|r| r.commit);
+        records
+    };
+
     let controls = job::Controls::default();
     let (metrics, pause) = (controls.metrics.clone(), std::sync::Arc::clone(&controls.pause));
     let (cfg, handle) = (JobConfig { drain: false, ..job_config(&t, dir.path(), 2, &bars) }, t.rt.handle().clone());
@@ -223,36 +245,24 @@ fn a_bad_tick_is_quarantined_and_never_moves_the_watermark() {
             std::thread::park_timeout(Duration::from_millis(20));
         }
     }
+    // Replay offsets move past the bad tick once its bars can no longer change: the run's
+    // commits get there (a deadline for failure, not a sleep).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while commits().last().is_none_or(|r| r.partitions.get(&p).is_none_or(|pos| pos.replay <= o)) {
+        assert!(!job.is_finished() && Instant::now() < deadline, "the bad tick at offset {o} pins the replay");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
     pause.store(true, std::sync::atomic::Ordering::SeqCst);
     job.join().expect("job thread").expect("live job");
     drain(&t, job_config(&t, dir.path(), 1, &bars), Duration::from_secs(60));
     let landed = check(&t, dir.path(), &bars);
 
-    let tick = format!("\"t\":{BAD_TICK_MS}");
-    let (p, o) = t
-        .log
-        .partitions
-        .iter()
-        .enumerate()
-        .find_map(|(p, records)| {
-            let bad = |r: &dataflows::memlog::MemRecord| {
-                r.payload.as_ref().is_some_and(|b| String::from_utf8_lossy(b).contains(&tick))
-            };
-            Some((p as i32, records.iter().position(bad)? as i64))
-        })
-        .expect("the bad tick is in the log");
     assert_eq!(landed.quarantine.get(&(p, o)).map(String::as_str), Some("future_timestamp"));
     assert_eq!(landed.quarantine.len(), 1, "nothing else is quarantined");
     assert_eq!(landed.trades.values().filter(|late| **late).count(), 0, "no good trade is late");
 
     // Replay offsets move past the bad tick: it pins nothing once its bars could not change.
-    let mut commits: Vec<CommitRecord> = std::fs::read_dir(dir.path().join("_stockflow/commits"))
-        .expect("commit log")
-        .flatten()
-        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).expect("record")).expect("commit record"))
-        .filter(|r: &CommitRecord| r.is_commit() && !r.is_final())
-        .collect();
-    commits.sort_by_key(|r| r.commit);
+    let commits = commits();
     assert!(commits.len() >= 4, "commits during the run: {}", commits.len());
     let replays: Vec<i64> = commits.iter().map(|r| r.partitions[&p].replay).collect();
     assert!(replays.windows(2).all(|w| w[0] <= w[1]), "replay offsets never move back: {replays:?}");

@@ -36,6 +36,9 @@ pub enum LakeError {
     /// The local folder could not be created or opened.
     #[error("cannot open lake folder {path}: {source}")]
     Folder { path: PathBuf, source: std::io::Error },
+    /// A spool file (an open file's row groups, on local disk) failed.
+    #[error("spool file: {0}")]
+    Spool(#[from] std::io::Error),
     /// An object store request failed.
     #[error("lake storage: {0}")]
     Store(#[from] object_store::Error),

@@ -1,17 +1,21 @@
-//! Writing a worker's rows as Parquet files: one open file per (table, commit epoch, hour
-//! partition), rolled by rows, encoded in the worker and uploaded to the lake's staging area
-//! in the background so compute and IO overlap.
+//! Writing a worker's rows as Parquet files: one open file per (table, publish epoch, hour
+//! partition), rolled by rows or size, encoded in the worker into row groups spooled to an
+//! unnamed local temporary file, and uploaded to the lake's staging area in the background so
+//! compute and IO overlap.
 //!
-//! A file only ever appears complete: it is encoded in memory and stored with a single put
-//! (an atomic rename on a local folder, a single-object PUT on S3). It reaches its table's
-//! folder only when a commit record names it (see `crate::commit`).
+//! A file only ever appears complete: up to 8 MiB it is stored with a single put, larger ones
+//! are streamed from the spool as a multipart upload (an atomic rename on a local folder; on
+//! S3 the object appears when the upload completes). It reaches its table's folder only when
+//! a commit record names it (see `crate::commit`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::io::{Read, Seek, SeekFrom};
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
@@ -159,11 +163,21 @@ impl FileNamer {
     }
 }
 
+/// An open file: rows in Arrow builders, then encoded row groups in an unnamed temporary
+/// file (deleted by the OS however the process ends), so memory does not grow with the hours
+/// a file stays open.
 struct OpenFile<C> {
     columns: C,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<std::fs::File>,
     rows: usize,
 }
+
+/// Files up to this size are uploaded with one put; larger ones are streamed from their
+/// spool file in parts of this size (S3 multipart upload, completed atomically).
+const PART_BYTES: usize = 8 << 20;
+
+/// Parts of one file in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// The open files of one table on one worker, keyed by (commit epoch, hour partition).
 pub struct TableFiles<C: Columns> {
@@ -191,7 +205,7 @@ impl<C: Columns> TableFiles<C> {
             Some(file) => file,
             None => {
                 let columns = C::new();
-                let writer = ArrowWriter::try_new(Vec::new(), self.table.schema(), Some(properties()))?;
+                let writer = ArrowWriter::try_new(tempfile::tempfile()?, self.table.schema(), Some(properties()))?;
                 self.open.entry(key).or_insert(OpenFile { columns, writer, rows: 0 })
             }
         };
@@ -221,6 +235,44 @@ impl<C: Columns> TableFiles<C> {
         }
         Ok(())
     }
+}
+
+/// What an upload stores.
+enum Body {
+    /// A small file, read whole.
+    Bytes(Bytes),
+    /// A large file, streamed from its spool file.
+    Spool(std::fs::File),
+}
+
+/// Streams `file` to `location` in parts: memory stays at a few parts whatever its size.
+/// An upload that fails is aborted; one the process does not live to finish or abort is
+/// left to the bucket's lifecycle rule (docs/ec2.md).
+async fn stream_file(
+    store: Arc<dyn ObjectStore>,
+    location: &object_store::path::Path,
+    mut file: std::fs::File,
+) -> Result<(), object_store::Error> {
+    let upload = store.put_multipart(location).await?;
+    let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+    let mut chunk = vec![0u8; PART_BYTES];
+    loop {
+        // A local temporary file: a short blocking read, like the encoding before it.
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = parts.abort().await;
+                return Err(object_store::Error::Generic { store: "spool", source: Box::new(e) });
+            }
+        };
+        if let Err(e) = parts.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = parts.abort().await;
+            return Err(e);
+        }
+        parts.write(&chunk[..n]);
+    }
+    parts.finish().await.map(|_| ())
 }
 
 /// Called when an upload finishes, to wake the operator that reports it.
@@ -281,11 +333,20 @@ impl FileSink {
         if file.rows == 0 {
             return Ok(());
         }
-        let bytes = Bytes::from(file.writer.into_inner()?);
+        let mut spool = file.writer.into_inner()?;
+        let size = spool.seek(SeekFrom::End(0))?;
+        spool.rewind()?;
+        let body = if size as usize <= PART_BYTES {
+            let mut bytes = Vec::with_capacity(size as usize);
+            spool.read_to_end(&mut bytes)?;
+            Body::Bytes(Bytes::from(bytes))
+        } else {
+            Body::Spool(spool)
+        };
         let (epoch, hour) = key;
         let (staged, path) = self.namer.next(table, hour, epoch);
-        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: bytes.len() as u64, replace: false };
-        self.upload(table, staged, bytes)
+        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: size, replace: false };
+        self.upload(table, staged, body)
     }
 
     /// Stores a new version of `table`'s file for `hour`, holding `rows`, published by the
@@ -306,7 +367,7 @@ impl FileSink {
         let bytes = Bytes::from(writer.into_inner()?);
         let (staged, path) = self.namer.version(table, hour, epoch);
         let staged = Staged { epoch, staged, path, rows: rows.len() as u64, bytes: bytes.len() as u64, replace: true };
-        self.upload(table, staged, bytes)
+        self.upload(table, staged, Body::Bytes(bytes))
     }
 
     /// The rows of `table`'s committed file for `hour` (none if there is none): where a
@@ -323,7 +384,7 @@ impl FileSink {
         Ok(reader.collect::<Result<Vec<_>, _>>()?)
     }
 
-    fn upload(&mut self, table: &Table, staged: Staged, bytes: Bytes) -> Result<(), LakeError> {
+    fn upload(&mut self, table: &Table, staged: Staged, body: Body) -> Result<(), LakeError> {
         self.stats.files += 1;
         self.stats.bytes += staged.bytes;
         *self.stats.rows.entry(table.name()).or_default() += staged.rows;
@@ -335,7 +396,11 @@ impl FileSink {
         let waker = self.waker.clone();
         let (done, upload) = oneshot::channel();
         self.runtime.spawn(async move {
-            let _ = done.send(store.put(&location, PutPayload::from_bytes(bytes)).await.map(|_| ()));
+            let result = match body {
+                Body::Bytes(bytes) => store.put(&location, PutPayload::from_bytes(bytes)).await.map(|_| ()),
+                Body::Spool(file) => stream_file(store, &location, file).await,
+            };
+            let _ = done.send(result);
             if let Some(wake) = waker {
                 wake();
             }
@@ -424,6 +489,34 @@ mod tests {
         let small = files_for(1 << 10);
         assert!(small.len() >= 3, "a 1 KiB cap rolls files: {}", small.len());
         assert_eq!(small.iter().map(|f| f.rows).sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn a_file_larger_than_a_part_is_streamed_whole() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let config = WriterConfig { batch_rows: 256, ..Default::default() };
+        let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
+        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+        // Payloads that barely compress: ~15 MB of Parquet, streamed in two parts.
+        let mut rng = fastrand::Rng::with_seed(1);
+        for i in 0..2_000 {
+            let payload: String = (0..10_000).map(|_| rng.alphanumeric()).collect();
+            files.push(60_000, 0, &Quarantined { payload, ..row(i) }, &mut out).expect("push");
+        }
+        files.close_through(60_000, &mut out).expect("close");
+        out.finish().expect("upload");
+        let staged = out.take_staged();
+        assert_eq!(staged.len(), 1);
+        assert!(staged[0].bytes as usize > PART_BYTES, "{} bytes", staged[0].bytes);
+        let stored = rt.block_on(lake.store.head(&lake.path(&staged[0].staged))).expect("stored");
+        assert_eq!(stored.size, staged[0].bytes);
+        rt.block_on(lake.store.rename(&lake.path(&staged[0].staged), &lake.path(&staged[0].path))).expect("move");
+        let batches = rt.block_on(read_table(&lake, &Table::Quarantine)).expect("read");
+        let mut offsets: Vec<i64> = positions(&batches).expect("positions").into_iter().map(|(_, o)| o).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..2_000).collect::<Vec<_>>());
     }
 
     #[test]
