@@ -202,8 +202,10 @@ impl Lake {
         Ok(())
     }
 
-    /// Removes the temporary files a local put leaves when it is killed before its rename
-    /// (`<name>#<n>`); returns how many. Nothing to do on S3, where a put is one request.
+    /// Removes the temporary files a local put or multipart upload leaves when it is killed
+    /// before its rename (`<name>#<n>`); returns how many. On S3 a put is one request, and the
+    /// parts of a multipart upload a killed run left are the bucket lifecycle rule's to abort
+    /// (docs/ec2.md).
     pub fn remove_temporary_files(&self) -> Result<usize, LakeError> {
         let Some(root) = &self.local else { return Ok(0) };
         let mut removed = 0;
