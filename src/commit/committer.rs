@@ -69,7 +69,7 @@ pub fn committer<'scope>(
                     None if ended => return,
                     None => {
                         ended = true;
-                        match marks.end(cfg.epochs.commit_ms) {
+                        match marks.end(&cfg.epochs) {
                             Some(point) => point,
                             None => return,
                         }
@@ -162,13 +162,12 @@ impl Marks {
 
     /// The point to commit when the sources have stopped: everything (`Time::MAX`) when
     /// every partition reached the end of its log, else the greatest point all had passed.
-    fn end(&self, interval_ms: u64) -> Option<Time> {
+    fn end(&self, epochs: &Epochs) -> Option<Time> {
         let ends: Vec<Option<Time>> = self.marks.values().map(|m| m.last().and_then(|(_, to, _)| *to)).collect();
         if ends.len() as i32 >= self.initial && ends.iter().all(Option::is_none) {
             return Some(Time::MAX);
         }
-        let t = ends.iter().map(|t| t.unwrap_or(Time::MAX)).min()?;
-        Some(t - t % interval_ms.max(1))
+        ends.iter().map(|t| t.unwrap_or(Time::MAX)).min().map(|t| epochs.point(t))
     }
 
     /// Forgets the marks no commit after `point` can need.
@@ -222,9 +221,10 @@ mod tests {
         let mut marks = Marks::new(2);
         marks.add(crossing(0, None, &[(0, 5)]));
         marks.add(crossing(0, Some(150), &[(1, 7)]));
-        assert_eq!(marks.end(60), Some(120), "a graceful stop commits what all passed");
+        let epochs = Epochs::every_commit(60);
+        assert_eq!(marks.end(&epochs), Some(120), "a graceful stop commits what all passed");
         marks.add(crossing(150, None, &[(1, 8)]));
-        assert_eq!(marks.end(60), Some(Time::MAX));
+        assert_eq!(marks.end(&epochs), Some(Time::MAX));
         marks.forget_through(120);
         assert_eq!(marks.marks[&1].len(), 2, "the crossing ending at 150 still covers later points");
         marks.forget_through(150);

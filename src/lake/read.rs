@@ -6,6 +6,7 @@ use arrow::array::{
 use bytes::Bytes;
 use dataflows::Bar;
 use futures::TryStreamExt;
+use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -28,13 +29,16 @@ pub async fn list_files(lake: &Lake, table: &Table) -> Result<Vec<ObjectMeta>, L
 pub async fn read_table(lake: &Lake, table: &Table) -> Result<Vec<RecordBatch>, LakeError> {
     let mut batches = Vec::new();
     for file in list_files(lake, table).await? {
-        let bytes: Bytes = lake.store.get(&file.location).await?.bytes().await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
-        for batch in reader {
-            batches.push(batch?);
-        }
+        batches.extend(read_file(lake, &file.location).await?);
     }
     Ok(batches)
+}
+
+/// Every row of the Parquet file at `location` as record batches.
+pub async fn read_file(lake: &Lake, location: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+    let bytes: Bytes = lake.store.get(location).await?.bytes().await?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.with_batch_size(64 * 1024).build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Column `name` of `batch` as the Arrow array type `T`.

@@ -94,9 +94,4 @@ impl HourFiles {
         });
         Ok(())
     }
-
-    /// Hours held.
-    pub fn open(&self) -> usize {
-        self.hours.len()
-    }
 }

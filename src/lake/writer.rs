@@ -9,15 +9,13 @@
 //! a commit record names it (see `crate::commit`).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use std::io::{Read, Seek, SeekFrom};
-
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use tokio::runtime::Handle;
@@ -156,11 +154,16 @@ impl FileNamer {
     pub fn version(&mut self, table: &Table, hour: i64, epoch: Time) -> (String, String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let dir = format!("{}/{}", table.name(), partition_path(hour));
-        let name = format!("{:013}.parquet", hour * super::HOUR_MS);
+        let path = version_path(table, hour);
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
         let staged = format!("{STAGING}/{}/{dir}/{epoch:013}-w{:03}-{seq:06}-{name}", self.run, self.worker);
-        (staged, format!("{dir}/{name}"))
+        (staged, path)
     }
+}
+
+/// Where every version of `table`'s file for `hour` lies once committed.
+fn version_path(table: &Table, hour: i64) -> String {
+    format!("{}/{}/{:013}.parquet", table.name(), partition_path(hour), hour * super::HOUR_MS)
 }
 
 /// An open file: rows in Arrow builders, then encoded row groups in an unnamed temporary
@@ -373,15 +376,11 @@ impl FileSink {
     /// The rows of `table`'s committed file for `hour` (none if there is none): where a
     /// restart continues a file republished whole.
     pub fn committed_version(&self, table: &Table, hour: i64) -> Result<Vec<RecordBatch>, LakeError> {
-        let (_, path) = FileNamer::new(self.namer.lake.clone(), 0, "").version(table, hour, 0);
-        let location = self.namer.lake.path(&path);
-        let bytes = match self.runtime.block_on(async { self.namer.lake.store.get(&location).await?.bytes().await }) {
-            Ok(bytes) => bytes,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
-        Ok(reader.collect::<Result<Vec<_>, _>>()?)
+        let location = self.namer.lake.path(&version_path(table, hour));
+        match self.runtime.block_on(super::read::read_file(&self.namer.lake, &location)) {
+            Err(LakeError::Store(object_store::Error::NotFound { .. })) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     fn upload(&mut self, table: &Table, staged: Staged, body: Body) -> Result<(), LakeError> {
