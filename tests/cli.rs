@@ -101,6 +101,20 @@ fn a_commit_interval_off_the_window_steps_is_refused() {
 }
 
 #[test]
+fn publish_intervals_off_the_commit_steps_or_for_unknown_tables_are_refused() {
+    let out = stockflow(&["--publish", "trades=90s", "--drain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("--publish: the trades publish interval (90000 ms) must be"), "{lines:?}");
+
+    let out = stockflow(&["--publish", "orders=1h", "--drain"]);
+    assert_eq!(out.status.code(), Some(2), "a flag clap rejects");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'orders' is not a table (trades, quarantine, bars)"), "{err}");
+}
+
+#[test]
 fn simulator_lists_its_universe() {
     let out = stockflow(&["simulate", "--symbols", "10", "--list-symbols"]);
     assert!(out.status.success());
