@@ -1,8 +1,7 @@
 //! The lake on S3: the job writes through object_store's S3 client to an S3-compatible server
 //! started on loopback (moto, installed by .ci/run), with credentials from the environment.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,65 +21,8 @@ use stockflow::kafka::KafkaConfig;
 use stockflow::lake::{Lake, LakeOptions, StoreLayer};
 
 mod common;
+use common::moto::{CREDENTIALS, credentials_in_process, moto};
 use common::read_lake;
-
-const CREDENTIALS: [(&str, &str); 3] =
-    [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")];
-
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts moto's S3 server on a free port and creates `bucket`; `None` where moto is not
-/// installed outside CI (CI installs it and must run this test).
-fn moto(bucket: &str) -> Option<Moto> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let Ok(mut child) = child else {
-        assert!(std::env::var_os("CI").is_none(), "moto is required in CI");
-        return None;
-    };
-    // Werkzeug announces the address on stderr once it is accepting connections.
-    let stderr = child.stderr.take().expect("stderr");
-    let mut ready = false;
-    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-        if line.contains("Running on") {
-            ready = true;
-            break;
-        }
-    }
-    if !ready {
-        let _ = child.kill();
-        assert!(std::env::var_os("CI").is_none(), "moto is required in CI (pip install -r tests/requirements.txt)");
-        eprintln!("skipping: moto not installed");
-        return None;
-    }
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let made = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='test', \
-             aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket=sys.argv[2])",
-            &endpoint,
-            bucket,
-        ])
-        .status()
-        .expect("python3");
-    assert!(made.success(), "creating the bucket");
-    Some(Moto { child, endpoint })
-}
 
 fn job(brokers: &str, lake: &str, endpoint: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_stockflow"))
@@ -235,17 +177,6 @@ impl ObjectStore for Flaky {
 }
 
 /// Sets the test credentials for in-process S3 clients (once, before any client reads them).
-fn credentials_in_process() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: every test of this binary sets the same values, under `Once`, before it opens
-    // an S3 lake; nothing else reads or writes these variables concurrently.
-    ONCE.call_once(|| unsafe {
-        for (k, v) in CREDENTIALS {
-            std::env::set_var(k, v);
-        }
-    });
-}
-
 #[test]
 fn injected_store_failures_lose_and_duplicate_nothing() {
     let Some(s3) = moto("flaky") else { return };

@@ -4,6 +4,8 @@
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::collections::BTreeMap;
 
 use arrow::array::{BooleanArray, Int32Array, Int64Array, StringArray};
