@@ -344,7 +344,7 @@ fn check_types_and_projection(lake: &Path) {
                     field.get_physical_type() == Physical::INT64
                         && matches!(
                             info.logical_type_ref(),
-                            Some(LogicalType::Timestamp(t)) if t.is_adjusted_to_u_t_c && t.unit == TimeUnit::MILLIS
+                            Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MILLIS })
                         )
                 }
                 "array<string>" => {
