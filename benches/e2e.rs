@@ -109,6 +109,7 @@ fn end_to_end(c: &mut Criterion) {
                         },
                         cluster: ClusterConfig::local(workers),
                         drain: true,
+                        catalog: None,
                     };
                     let report = job::run(cfg, job::Controls::default(), rt.handle().clone()).expect("job");
                     assert_eq!(

@@ -10,10 +10,11 @@ use dataflows::TimeConfig;
 use dataflows::bars::BarsConfig;
 use dataflows::epoch::Epochs;
 
+use crate::iceberg::IcebergCatalog;
 use crate::job::{ClusterConfig, JobConfig};
 use crate::kafka::{KafkaConfig, parse_property};
-use crate::lake::LakeOptions;
 use crate::lake::writer::WriterConfig;
+use crate::lake::{LakeOptions, TableFormat};
 use crate::sink::SinkConfig;
 use crate::source::ReadConfig;
 
@@ -58,6 +59,29 @@ pub enum Command {
     Status(StatusArgs),
     /// Draw a candlestick chart with volume of one symbol's bars as SVG.
     Plot(PlotArgs),
+    /// Maintain an Iceberg lake's tables: expire old snapshots.
+    Maintain(MaintainArgs),
+}
+
+/// Flags of `stockflow maintain`.
+#[derive(Debug, Args, Clone)]
+pub struct MaintainArgs {
+    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
+    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
+    pub lake: String,
+    /// Endpoint of an S3-compatible store (path-style requests).
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The Iceberg catalog: sqlite:PATH (default for a local lake:
+    /// <lake>/_stockflow/catalog.sqlite).
+    #[arg(long, value_parser = IcebergCatalog::parse)]
+    pub catalog: Option<IcebergCatalog>,
+    /// Expire snapshots older than this (time travel before it is no longer possible).
+    #[arg(long, value_parser = parse_duration)]
+    pub expire_snapshots_older_than: Duration,
+    /// Snapshots each table keeps whatever their age.
+    #[arg(long, default_value_t = 1)]
+    pub retain_last: usize,
 }
 
 /// Flags of `stockflow plot`.
@@ -266,6 +290,14 @@ pub struct JobArgs {
     /// Endpoint of an S3-compatible store (path-style requests).
     #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// How the tables are laid out: hive (Parquet in dt=/hour= folders) or iceberg (snapshot
+    /// commits in a catalog). A lake keeps the format it was created with.
+    #[arg(long, value_enum, default_value_t = TableFormat::Hive)]
+    pub table_format: TableFormat,
+    /// The Iceberg catalog: sqlite:PATH (default for a local lake:
+    /// <lake>/_stockflow/catalog.sqlite).
+    #[arg(long, value_parser = IcebergCatalog::parse)]
+    pub catalog: Option<IcebergCatalog>,
     /// Bar window width.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub window: Duration,
@@ -342,6 +374,7 @@ impl JobArgs {
                 writer: WriterConfig {
                     rows_per_file: self.rows_per_file.max(1),
                     bytes_per_file: self.bytes_per_file.max(1),
+                    format: self.table_format,
                     ..Default::default()
                 },
             },
@@ -358,6 +391,13 @@ impl JobArgs {
                 hostfile: self.hostfile.clone(),
             },
             drain: self.drain,
+            catalog: match self.table_format {
+                TableFormat::Hive if self.catalog.is_some() => {
+                    return Err("--catalog is for --table-format iceberg".into());
+                }
+                TableFormat::Hive => None,
+                TableFormat::Iceberg => Some(IcebergCatalog::resolve(self.catalog.clone(), &self.lake)?),
+            },
         };
         cfg.validate().map_err(|e| e.to_string())?;
         Ok(cfg)
@@ -437,6 +477,9 @@ pub struct DemoArgs {
     /// Partitions of the embedded topic (default: enough to hold the whole run).
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// Table format of the demo lake: hive or iceberg (in a SQLite catalog in the lake).
+    #[arg(long, value_enum, default_value_t = TableFormat::Hive)]
+    pub table_format: TableFormat,
 }
 
 /// Flags of `stockflow simulate`.

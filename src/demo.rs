@@ -14,11 +14,12 @@ use rdkafka::mocking::MockCluster;
 use tokio::runtime::Runtime;
 
 use crate::cli::DemoArgs;
+use crate::iceberg::{IcebergCatalog, IcebergTables};
 use crate::ingest::{self, IngestConfig};
 use crate::job::{self, ClusterConfig, JobConfig};
 use crate::kafka::KafkaConfig;
 use crate::lake::writer::WriterConfig;
-use crate::lake::{Lake, Table, read};
+use crate::lake::{Lake, Table, TableFormat, read};
 use crate::simulate::{MarketConfig, SimulateConfig, universe};
 use crate::sink::SinkConfig;
 use crate::source::StopAt;
@@ -104,6 +105,13 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let server = runtime.spawn(crate::simulate::serve(listener, sim));
 
     let window = TimeConfig::default();
+    let bar_widths = BarsConfig::default().widths;
+    let catalog = match args.table_format {
+        TableFormat::Hive => None,
+        TableFormat::Iceberg => {
+            Some(IcebergCatalog::resolve(None, &args.lake.to_string_lossy()).map_err(anyhow::Error::msg)?)
+        }
+    };
     let job_cfg = JobConfig {
         kafka: kafka.clone(),
         lake: args.lake.to_string_lossy().into_owned(),
@@ -114,12 +122,13 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         sink: SinkConfig {
             // The simulated clock runs far ahead of wall time: commit hourly so files are large.
             epochs: dataflows::epoch::Epochs::every_commit(3_600_000),
-            bar_widths: BarsConfig::default().widths,
+            bar_widths: bar_widths.clone(),
             open_after_ms: 3 * 3_600_000,
-            writer: WriterConfig::default(),
+            writer: WriterConfig { format: args.table_format, ..Default::default() },
         },
         cluster: ClusterConfig::local(args.workers),
         drain: false,
+        catalog: catalog.clone(),
     };
     let stop: StopAt = Arc::default();
     let job_stop = Arc::clone(&stop);
@@ -147,7 +156,12 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let report = report??;
 
     let lake = Lake::open(&args.lake.to_string_lossy())?;
-    let mut summary = runtime.block_on(verify(&lake, &watermarks, ingested.delivered, window.window_ms))?;
+    let iceberg = match &catalog {
+        Some(catalog) => Some(runtime.block_on(IcebergTables::open(&lake, catalog, &Table::all(&bar_widths)))?),
+        None => None,
+    };
+    let mut summary =
+        runtime.block_on(verify(&lake, iceberg.as_ref(), &watermarks, ingested.delivered, window.window_ms))?;
     summary.files = report.written.files;
     summary.bytes = report.written.bytes;
     summary.commits = report.commits;
@@ -161,13 +175,14 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
 /// `quarantine` exactly once.
 pub async fn verify(
     lake: &Lake,
+    iceberg: Option<&IcebergTables>,
     watermarks: &HashMap<i32, (i64, i64)>,
     produced: u64,
     window_ms: u64,
 ) -> anyhow::Result<DemoSummary> {
-    let trades = read::read_table(lake, &Table::Trades).await?;
-    let quarantine = read::read_table(lake, &Table::Quarantine).await?;
-    let rows = read::bars(&read::read_table(lake, &Table::Bars(window_ms)).await?)?;
+    let trades = read::rows(lake, &Table::Trades, iceberg).await?;
+    let quarantine = read::rows(lake, &Table::Quarantine, iceberg).await?;
+    let rows = read::bars(&read::rows(lake, &Table::Bars(window_ms), iceberg).await?)?;
     let revisions = rows.iter().filter(|b| b.revision > 0).count() as u64;
     let tagged: Vec<(u8, Bar)> = rows.into_iter().map(|b| (0, b)).collect();
     let bars: Vec<Bar> = dataflows::reference::latest(&tagged).map_err(anyhow::Error::msg)?.into_values().collect();

@@ -21,9 +21,10 @@ use crate::commit::{
     AfterCommit, CommitError, CommitQueue, CommitRecord, CommitterConfig, Recovery, Settings, committer, read_newest,
     recover, staging_dir,
 };
+use crate::iceberg::{IcebergCatalog, IcebergError, IcebergTables};
 use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
-use crate::lake::{Lake, LakeError, LakeOptions};
+use crate::lake::{Lake, LakeError, LakeOptions, Table, TableFormat};
 use crate::metrics::JobMetrics;
 use crate::sink::{LakeWriter, SinkConfig, lake_sink};
 use crate::source::discover::{self, TopicPartitions};
@@ -111,6 +112,8 @@ pub struct JobConfig {
     pub cluster: ClusterConfig,
     /// Read to the end offsets seen at start, close all windows, and exit.
     pub drain: bool,
+    /// The Iceberg catalog, when the tables are Iceberg tables (`sink.writer.format`).
+    pub catalog: Option<IcebergCatalog>,
 }
 
 /// Why the job stopped.
@@ -134,6 +137,9 @@ pub enum JobError {
     /// Committing or recovering failed.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The Iceberg catalog or tables could not be opened.
+    #[error(transparent)]
+    Iceberg(#[from] IcebergError),
     /// Timely could not start or a worker died.
     #[error("dataflow: {0}")]
     Dataflow(String),
@@ -157,6 +163,9 @@ impl JobConfig {
             )));
         }
         self.sink.epochs.validate().map_err(|e| JobError::Config(format!("--publish: {e}")))?;
+        if (self.sink.writer.format == TableFormat::Iceberg) != self.catalog.is_some() {
+            return Err(JobError::Config("--table-format iceberg needs a catalog, and only it has one".into()));
+        }
         Ok(())
     }
 
@@ -171,6 +180,7 @@ impl JobConfig {
             commit_interval_ms: self.sink.epochs.commit_ms,
             epochs: Some(self.sink.epochs),
             max_skew_ms: Some(self.time.max_skew_ms),
+            format: self.sink.writer.format,
         }
     }
 }
@@ -221,7 +231,15 @@ pub fn run(cfg: JobConfig, controls: Controls, runtime: Handle) -> Result<JobRep
     // process 0 does only after recovering; no worker writes before then.
     let first = match cfg.cluster.process {
         0 => {
-            Some(Arc::new(Start::new(&cfg, &runtime, runtime.block_on(recover(&lake, &cfg.settings()))?, &watermarks)?))
+            let tables = match &cfg.catalog {
+                Some(catalog) => {
+                    let names = Table::all(&cfg.bars.widths);
+                    Some(Arc::new(runtime.block_on(IcebergTables::open(&lake, catalog, &names))?))
+                }
+                None => None,
+            };
+            let recovery = runtime.block_on(recover(&lake, &cfg.settings(), tables.as_deref()))?;
+            Some(Arc::new(Start::new(&cfg, &runtime, recovery, &watermarks)?.with_tables(tables)))
         }
         _ => None,
     };
@@ -335,6 +353,8 @@ fn start_offsets(
 struct Start {
     recovery: Recovery,
     known: Arc<TopicPartitions>,
+    /// The Iceberg tables, on the process that commits.
+    tables: Option<Arc<IcebergTables>>,
     _discovery: Option<discover::Discovery>,
 }
 
@@ -351,7 +371,11 @@ impl Start {
             Some(every) if !cfg.drain => Some(discover::spawn(runtime, cfg.kafka.clone(), Arc::clone(&known), every)),
             _ => None,
         };
-        Ok(Start { recovery, known, _discovery })
+        Ok(Start { recovery, known, tables: None, _discovery })
+    }
+
+    fn with_tables(self, tables: Option<Arc<IcebergTables>>) -> Self {
+        Start { tables, ..self }
     }
 }
 
@@ -411,11 +435,11 @@ fn run_worker(
     let source = KafkaSource::new(&cfg.kafka, &start.known, shape, Arc::clone(stop), metrics.clone())?;
     let run = staging_dir(recovery.generation());
     let writer =
-        Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, &run, runtime.clone(), &cfg.sink, metrics.clone())));
+        Rc::new(RefCell::new(LakeWriter::new(lake.clone(), index, &run, runtime.clone(), &cfg.sink, metrics.clone())?));
     let claim = recovery.last.clone().unwrap_or_else(|| CommitRecord::template(cfg.settings()));
     let queue = (index == 0).then(|| {
         let after = after_commit(&cfg.kafka, metrics.clone());
-        Rc::new(CommitQueue::start(lake.clone(), &claim, runtime.clone(), Some(after)))
+        Rc::new(CommitQueue::start(lake.clone(), start.tables.clone(), &claim, runtime.clone(), Some(after)))
     });
     let committed = recovery.committed();
     let (source_error, sink_error) = worker.dataflow(|scope| {

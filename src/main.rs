@@ -11,8 +11,10 @@ use clap::error::ErrorKind;
 use std::io::Write;
 
 use stockflow::cli::{
-    Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, PlotArgs, SimulateArgs, SqlArgs, SqlFormat, StatusArgs,
+    Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, MaintainArgs, PlotArgs, SimulateArgs, SqlArgs, SqlFormat,
+    StatusArgs,
 };
+use stockflow::iceberg::{IcebergCatalog, IcebergTables};
 use stockflow::metrics::{IngestMetrics, MetricsServer};
 use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
@@ -82,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Sql(args)) => sql(args),
         Some(Command::Status(args)) => status(args),
         Some(Command::Plot(args)) => plot(args),
+        Some(Command::Maintain(args)) => maintain(args),
     }
 }
 
@@ -97,13 +100,14 @@ fn check_config(cli: &Cli) -> anyhow::Result<String> {
             cfg.kafka.check()?;
             stockflow::lake::Lake::check_location(&cfg.lake, &cfg.lake_options)?;
             format!(
-                "job -w {} -n {} -p {}, brokers {}, topic {}, lake {}{}{}",
+                "job -w {} -n {} -p {}, brokers {}, topic {}, lake {}{}{}{}",
                 args.workers,
                 args.processes,
                 args.process,
                 cfg.kafka.brokers,
                 cfg.kafka.topic,
                 cfg.lake,
+                cfg.catalog.as_ref().map_or(String::new(), |c| format!(", iceberg tables in {c}")),
                 if cfg.drain { ", drain" } else { "" },
                 metrics(args.metrics_addr)
             )
@@ -132,6 +136,10 @@ fn check_config(cli: &Cli) -> anyhow::Result<String> {
         Some(Command::Sql(args)) => format!("sql on {}", args.lake),
         Some(Command::Status(args)) => format!("status of {}", args.lake),
         Some(Command::Plot(args)) => format!("plot {} from {} to {}", args.symbol, args.lake, args.out.display()),
+        Some(Command::Maintain(args)) => {
+            let catalog = IcebergCatalog::resolve(args.catalog.clone(), &args.lake).map_err(anyhow::Error::msg)?;
+            format!("maintain the iceberg tables of {} in {catalog}", args.lake)
+        }
     })
 }
 
@@ -160,6 +168,23 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
         candles.len() - rising,
         args.out.display()
     );
+    Ok(())
+}
+
+fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
+    let catalog = IcebergCatalog::resolve(args.catalog.clone(), &args.lake).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(catalog.exists(), "no iceberg catalog at {catalog}");
+    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
+    let lake = stockflow::lake::Lake::open_with(&args.lake, &options)?;
+    let cutoff = chrono::Utc::now().timestamp_millis()
+        - i64::try_from(args.expire_snapshots_older_than.as_millis()).unwrap_or(i64::MAX);
+    let expired = runtime()?.block_on(async {
+        let tables = IcebergTables::connect(&lake, &catalog).await?;
+        tables.expire_snapshots(cutoff, args.retain_last).await
+    })?;
+    for (table, n) in expired {
+        println!("{table}: {n} snapshots expired");
+    }
     Ok(())
 }
 

@@ -71,9 +71,7 @@ impl SqlEngine {
             None => local_url(location)?,
         };
         let bar_widths = bar_widths(&lake).await?;
-        let mut tables = vec![Table::Trades, Table::Quarantine];
-        tables.extend(bar_widths.iter().map(|w| Table::Bars(*w)));
-        for table in tables {
+        for table in Table::all(&bar_widths) {
             let url = ListingTableUrl::parse(format!("{}/{}/", base.trim_end_matches('/'), table.name()))?;
             let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")

@@ -101,9 +101,7 @@ pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
     });
     let mut widths: Vec<u64> = last_commit_widths(lake).await?;
     widths.sort_unstable();
-    let mut tables = vec![Table::Trades];
-    tables.extend(widths.iter().map(|w| Table::Bars(*w)));
-    tables.push(Table::Quarantine);
+    let tables = Table::all(&widths);
     let mut out = Vec::new();
     for table in &tables {
         let base = lake.table_path(table);

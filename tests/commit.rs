@@ -1,7 +1,8 @@
 //! The commit protocol's hard cases, each run against a local folder and against an S3 server
 //! (moto on loopback): two runs on one lake, a final commit interrupted before its moves, a
 //! settings mismatch with moves pending, a file already at a move's target, a move
-//! interrupted half way, and what a killed process leaves behind.
+//! interrupted half way, a crash between two Iceberg tables' snapshots, and what a killed
+//! process leaves behind.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,8 +10,9 @@ use dataflows::resume::Position;
 use dataflows::{PartitionClock, Time};
 use object_store::{ObjectStoreExt, PutPayload};
 use stockflow::commit::{self, CommitError, CommitRecord, Recovery, Settings, log, moves, staging_dir};
+use stockflow::iceberg::{IcebergCatalog, IcebergTables, SEQ_PROPERTY};
 use stockflow::lake::writer::Staged;
-use stockflow::lake::{Lake, LakeOptions, STAGING};
+use stockflow::lake::{Lake, LakeOptions, STAGING, Table, TableFormat};
 
 mod common;
 use common::moto::{credentials_in_process, moto};
@@ -25,6 +27,7 @@ fn settings() -> Settings {
         commit_interval_ms: 60_000,
         epochs: None,
         max_skew_ms: Some(60_000),
+        format: Default::default(),
     }
 }
 
@@ -61,6 +64,7 @@ impl Fixture {
             rows: 1,
             bytes: 3,
             replace: false,
+            hour: 0,
         };
         self.put(&file.staged, b"abc");
         file
@@ -89,7 +93,7 @@ impl Fixture {
     }
 
     fn recover(&self, settings: &Settings) -> Result<Recovery, CommitError> {
-        self.rt.block_on(commit::recover(&self.lake, settings))
+        self.rt.block_on(commit::recover(&self.lake, settings, None))
     }
 }
 
@@ -198,7 +202,56 @@ fn a_move_interrupted_after_copying_is_finished_on_recovery(f: &Fixture) {
 type Case = (&'static str, fn(&Fixture));
 
 /// Every case.
-const CASES: [Case; 7] = [
+/// Iceberg: a crash after the record, with one table's snapshot made and another's not.
+/// Recovery appends the missing one, and neither it nor a second recovery appends any table
+/// twice.
+fn a_crash_between_two_tables_snapshots_is_finished_once(f: &Fixture) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = IcebergCatalog::Sqlite(dir.path().join("catalog.sqlite"));
+    let settings = Settings { format: TableFormat::Iceberg, ..settings() };
+    let open = || {
+        f.rt.block_on(IcebergTables::open(&f.lake, &catalog, &Table::all(&settings.bar_widths_ms))).expect("catalog")
+    };
+    let tables = open();
+    let claim = f.rt.block_on(commit::recover(&f.lake, &settings, Some(&tables))).expect("claim").last.expect("claim");
+    let trades = f.stage(claim.generation, "a.parquet", 60_000);
+    let quarantine = Staged {
+        staged: trades.staged.replace("/trades/", "/quarantine/"),
+        path: trades.path.replace("trades/", "quarantine/"),
+        ..trades.clone()
+    };
+    f.put(&quarantine.staged, b"abc");
+    let record = CommitRecord {
+        seq: claim.seq + 1,
+        generation: claim.generation,
+        settings: settings.clone(),
+        ..record(60_000, vec![trades.clone(), quarantine])
+    };
+    f.append(&record);
+    f.rt.block_on(moves::finish(&f.lake, &record.files)).expect("moves");
+    let first = CommitRecord { files: vec![trades], ..record.clone() };
+    assert_eq!(f.rt.block_on(tables.append(&first)).expect("trades' snapshot"), 1);
+    // The crash.
+    drop(tables);
+    let snapshots = |table: Table| {
+        let tables = open();
+        let loaded = f.rt.block_on(tables.catalog().load_table(&tables.ident(&table))).expect("table");
+        let seqs: Vec<String> = loaded
+            .metadata()
+            .snapshots()
+            .filter_map(|s| s.summary().additional_properties.get(SEQ_PROPERTY).cloned())
+            .collect();
+        seqs
+    };
+    for _ in 0..2 {
+        f.rt.block_on(commit::recover(&f.lake, &settings, Some(&open()))).expect("recover");
+        assert_eq!(snapshots(Table::Trades), vec![record.seq.to_string()], "trades appended once");
+        assert_eq!(snapshots(Table::Quarantine), vec![record.seq.to_string()], "quarantine appended by recovery");
+        assert!(snapshots(Table::Bars(60_000)).is_empty(), "a table the commit has no file for");
+    }
+}
+
+const CASES: [Case; 8] = [
     ("recovery", recovery_finishes_the_moves_of_the_newest_commit_and_clears_older_staging),
     ("superseded", a_superseded_run_stops_before_committing_and_loses_nothing),
     ("final", a_final_commit_interrupted_before_its_moves_is_finished_then_refused),
@@ -206,6 +259,7 @@ const CASES: [Case; 7] = [
     ("bad-tick-rule", a_lake_written_before_the_bad_tick_rule_is_refused),
     ("collision", a_move_never_overwrites_a_file_in_a_table),
     ("half-move", a_move_interrupted_after_copying_is_finished_on_recovery),
+    ("iceberg-between-tables", a_crash_between_two_tables_snapshots_is_finished_once),
 ];
 
 #[test]

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use stockflow::lake::{Lake, LakeOptions, STAGING};
+use stockflow::iceberg::{IcebergCatalog, IcebergTables, POINT_PROPERTY};
+use stockflow::lake::{Lake, LakeOptions, STAGING, Table};
 
 mod common;
 use common::moto::{CREDENTIALS, credentials_in_process, moto};
-use common::{Landed, commits, log_records, read_lake};
+use common::{Landed, commits, log_records, read_exported, read_lake, read_lake_from};
 
 const PARTITIONS: i32 = 4;
 const WIDTHS: [u64; 2] = [60_000, 300_000];
@@ -329,11 +330,17 @@ fn assert_same_lake(lake: &Lake, clean: &Lake, produced: usize) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let got = rt.block_on(read_lake(lake, &WIDTHS));
     let want = rt.block_on(read_lake(clean, &WIDTHS));
+    assert_same_rows(&got, &want, produced);
+    assert_nothing_staged(&rt, lake);
+}
+
+/// `got` holds every one of the `produced` records once and the rows of `want`.
+fn assert_same_rows(got: &Landed, want: &Landed, produced: usize) {
     assert_eq!(want.trades.len() + want.quarantine.len(), produced);
     assert_eq!(got.duplicates, 0, "records landed twice");
     assert_eq!(got.trades, want.trades, "trades differ from a clean run");
     assert_eq!(got.quarantine, want.quarantine, "quarantine differs from a clean run");
-    let (got_bars, want_bars) = (bar_rows(&got), bar_rows(&want));
+    let (got_bars, want_bars) = (bar_rows(got), bar_rows(want));
     let extra: Vec<&String> = got_bars.iter().filter(|r| want_bars.binary_search(r).is_err()).take(5).collect();
     let missing: Vec<&String> = want_bars.iter().filter(|r| got_bars.binary_search(r).is_err()).take(5).collect();
     assert!(
@@ -342,6 +349,9 @@ fn assert_same_lake(lake: &Lake, clean: &Lake, produced: usize) {
         got_bars.len(),
         want_bars.len()
     );
+}
+
+fn assert_nothing_staged(rt: &tokio::runtime::Runtime, lake: &Lake) {
     let staged = rt
         .block_on(futures::TryStreamExt::try_collect::<Vec<_>>(lake.store.list(Some(&lake.path(STAGING)))))
         .expect("list staging");
@@ -556,4 +566,112 @@ fn sigkills_on_an_s3_lake_lose_and_duplicate_nothing() {
     let clean = dir.path().join("clean");
     drain(&kafka.brokers, &clean, 1);
     assert_same_lake(&lake, &local(&clean), produced);
+}
+
+/// Runs writing Iceberg tables into `url` (`--table-format iceberg`, a SQLite catalog), each
+/// SIGKILLed at a random moment after it committed, with the topic growing between runs and
+/// worker counts alternating; then a drain. Every table's current snapshot equals the Hive
+/// lake of a clean run of the same log, no commit point has two snapshots in any table, and
+/// pyiceberg reads the same rows through the same catalog.
+fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, seed: u64) {
+    let kafka = DevKafka::start(dir);
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
+    let mut market = Market::new(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let catalog = dir.join("catalog.sqlite");
+    let lake = Lake::open_with(url, &options).expect("lake");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let stored = || rt.block_on(stockflow::commit::newest_commit(&lake)).expect("commit log").0;
+    let iceberg_job = |workers: usize, drain: bool| {
+        let mut cmd = job(&kafka.brokers, url, workers, drain);
+        cmd.args(["--table-format", "iceberg", "--catalog", &format!("sqlite:{}", catalog.display())])
+            .envs(CREDENTIALS);
+        if let Some(endpoint) = &options.s3_endpoint {
+            cmd.args(["--s3-endpoint", endpoint]);
+        }
+        cmd
+    };
+    let mut produced = 0;
+    for run in 0..6 {
+        market.produce(&producer, 2_500);
+        produced += 2_500;
+        let before = stored();
+        let mut child = iceberg_job(1 + run % 2, false).spawn().expect("job");
+        let waiting = Instant::now();
+        while stored() == before {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+                panic!("job exited ({status}) before committing: {err}");
+            }
+            assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // From right after the record (before or between the tables' snapshots) to later.
+        std::thread::sleep(Duration::from_millis(rng.u64(0..800)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let commits = stored();
+    drain_with(iceberg_job(2, true), url);
+    let clean = dir.join("clean");
+    drain(&kafka.brokers, &clean, 1);
+    let want = rt.block_on(read_lake(&local(&clean), &WIDTHS));
+
+    let tables = rt
+        .block_on(IcebergTables::open(&lake, &IcebergCatalog::Sqlite(catalog.clone()), &Table::all(&WIDTHS)))
+        .expect("the catalog");
+    let got = rt.block_on(read_lake_from(&lake, &WIDTHS, Some(&tables)));
+    assert_same_rows(&got, &want, produced);
+    assert_nothing_staged(&rt, &lake);
+    let mut snapshots = 0;
+    for table in Table::all(&WIDTHS) {
+        let loaded = rt.block_on(tables.catalog().load_table(&tables.ident(&table))).expect("table");
+        let points: Vec<&String> = loaded
+            .metadata()
+            .snapshots()
+            .map(|s| s.summary().additional_properties.get(POINT_PROPERTY).expect("a stockflow snapshot"))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = points.iter().copied().collect();
+        assert_eq!(distinct.len(), points.len(), "{}: a commit point has two snapshots: {points:?}", table.name());
+        snapshots += points.len();
+    }
+    eprintln!(
+        "iceberg crashes on {url}: 6 SIGKILLs, {produced} records, {commits} commits before the drain, {snapshots} \
+         snapshots"
+    );
+
+    // Another engine reads the same rows through the same catalog.
+    let export = dir.join("pyiceberg");
+    std::fs::create_dir_all(&export).expect("export folder");
+    let mut python = Command::new("python3");
+    python
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_iceberg.py"))
+        .arg(&catalog)
+        .arg(lake.url())
+        .arg(&export);
+    if let Some(endpoint) = &options.s3_endpoint {
+        python.arg(endpoint);
+    }
+    let out = python.output().expect("python3");
+    assert!(out.status.success(), "pyiceberg: {}", String::from_utf8_lossy(&out.stderr));
+    let read = rt.block_on(read_exported(&export, &WIDTHS));
+    assert_same_rows(&read, &want, produced);
+}
+
+#[test]
+fn sigkills_on_iceberg_tables_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("lake").to_string_lossy().into_owned();
+    iceberg_sigkills(dir.path(), &url, LakeOptions::default(), 21);
+}
+
+#[test]
+fn sigkills_on_iceberg_tables_on_s3_lose_and_duplicate_nothing() {
+    let Some(s3) = moto("iceberg") else { return };
+    credentials_in_process();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LakeOptions { s3_endpoint: Some(s3.endpoint.clone()), layer: None };
+    iceberg_sigkills(dir.path(), "s3://iceberg/lake", options, 22);
 }

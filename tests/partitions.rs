@@ -111,6 +111,7 @@ fn job_config(kafka: &KafkaConfig, lake: &Path, drain: bool) -> JobConfig {
         bars,
         cluster: ClusterConfig::local(2),
         drain,
+        catalog: None,
     }
 }
 

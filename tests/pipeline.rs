@@ -140,6 +140,7 @@ fn job_config(f: &Fixture, lake: &Path, workers: usize, drain: bool) -> JobConfi
         },
         cluster: ClusterConfig::local(workers),
         drain,
+        catalog: None,
     }
 }
 

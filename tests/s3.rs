@@ -286,7 +286,7 @@ fn a_commit_of_100_files_appears_within_a_measured_window() {
     let options = LakeOptions { s3_endpoint: Some(s3.endpoint.clone()), layer: None };
     let lake = Lake::open_with("s3://window/lake", &options).expect("lake");
     let settings = Cli::parse_from(["stockflow"]).job.config().expect("cfg").settings();
-    let claim = rt.block_on(commit::recover(&lake, &settings)).expect("claim").last.expect("claim record");
+    let claim = rt.block_on(commit::recover(&lake, &settings, None)).expect("claim").last.expect("claim record");
     let body = vec![7u8; 64 * 1024];
     let files: Vec<_> = (0..100)
         .map(|i| {
@@ -300,6 +300,7 @@ fn a_commit_of_100_files_appears_within_a_measured_window() {
                 rows: 1,
                 bytes: body.len() as u64,
                 replace: false,
+                hour: 0,
             }
         })
         .collect();

@@ -63,6 +63,7 @@ fn job_config(t: &Topic, lake: &Path, workers: usize, bars: &BarsConfig) -> JobC
         },
         cluster: ClusterConfig::local(workers),
         drain: true,
+        catalog: None,
     }
 }
 

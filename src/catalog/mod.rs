@@ -44,10 +44,7 @@ impl Default for CatalogConfig {
 impl CatalogConfig {
     /// Every table of the lake, in catalog order.
     pub fn tables(&self) -> Vec<Table> {
-        let mut tables = vec![Table::Trades];
-        tables.extend(self.bar_widths.iter().map(|w| Table::Bars(*w)));
-        tables.push(Table::Quarantine);
-        tables
+        Table::all(&self.bar_widths)
     }
 
     /// `s3://bucket/prefix/<table>/`.

@@ -8,6 +8,9 @@
 //! the staged files into their tables. The record is the commit: a crash before it leaves
 //! only staging garbage, a crash after it leaves moves that recovery finishes.
 //!
+//! An Iceberg lake then appends the record's files to its tables, one snapshot per table
+//! (`crate::iceberg`); recovery makes the snapshots a crash left out.
+//!
 //! One writer per lake: a starting run finishes the newest record's moves and appends a
 //! claim (a generation of its own); a run it superseded fails its next append and stops
 //! before committing anything, and only staging of older generations is cleared.
@@ -29,7 +32,8 @@ pub use committer::{CommitterConfig, committer};
 pub use queue::{AfterCommit, CommitQueue};
 pub use record::{CommitRecord, Settings};
 
-use crate::lake::{Lake, LakeError, STAGING};
+use crate::iceberg::{IcebergError, IcebergTables};
+use crate::lake::{Lake, LakeError, STAGING, TableFormat};
 
 /// Commit-protocol failures.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,9 @@ pub enum CommitError {
     /// Storage failed.
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// Appending a commit to the Iceberg tables failed.
+    #[error(transparent)]
+    Iceberg(#[from] IcebergError),
 }
 
 impl From<object_store::Error> for CommitError {
@@ -153,15 +160,28 @@ pub async fn newest_commit(lake: &Lake) -> Result<(u64, Option<CommitRecord>), C
 }
 
 /// Brings the lake to its newest record and takes it over: finishes that record's moves
-/// (whatever it is: final, or written with other settings, it is committed), refuses a
-/// finalised lake or other settings, appends this run's claim, and deletes what older
-/// generations left uncommitted in staging and any temporary files.
-pub async fn recover(lake: &Lake, settings: &Settings) -> Result<Recovery, CommitError> {
+/// (whatever it is: final, or written with other settings, it is committed) and its Iceberg
+/// snapshots (`tables`, for an Iceberg lake), refuses a finalised lake or other settings,
+/// appends this run's claim, and deletes what older generations left uncommitted in staging
+/// and any temporary files.
+pub async fn recover(
+    lake: &Lake,
+    settings: &Settings,
+    tables: Option<&IcebergTables>,
+) -> Result<Recovery, CommitError> {
     let claim = loop {
         let log = log::Log::list(lake).await?;
         let newest = log.newest(lake).await?;
         if let Some(record) = &newest {
             moves::finish(lake, &record.files).await?;
+            // Only the newest record can lack snapshots: a run appends a commit's snapshots
+            // before it writes the next record, and recovery before it claims.
+            if let Some(tables) = tables.filter(|_| record.settings.format == TableFormat::Iceberg) {
+                let made = tables.append(record).await?;
+                if made > 0 {
+                    tracing::info!(seq = record.seq, tables = made, "appended the newest commit's iceberg snapshots");
+                }
+            }
             check(record, settings)?;
             tracing::info!(commit = record.commit, files = record.files.len(), "recovered from the newest commit");
         }

@@ -11,18 +11,23 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::{CommitError, CommitRecord, log, moves};
+use crate::iceberg::IcebergTables;
 use crate::lake::writer::Staged;
 use crate::lake::{Lake, LakeError};
 
-/// Writes one commit: makes its staged files durable, appends the record (the commit), then
-/// moves the files into their tables.
-async fn commit(lake: &Lake, record: &CommitRecord) -> Result<(), CommitError> {
+/// Writes one commit: makes its staged files durable, appends the record (the commit), moves
+/// the files into their tables, and (Iceberg) appends one snapshot per table.
+async fn commit(lake: &Lake, record: &CommitRecord, tables: Option<&IcebergTables>) -> Result<(), CommitError> {
     let (durable, staged) = (lake.clone(), record.files.iter().map(|f| f.staged.clone()).collect::<Vec<_>>());
     tokio::task::spawn_blocking(move || staged.iter().try_for_each(|s| durable.sync_file(s)))
         .await
         .map_err(|e| LakeError::Task(e.to_string()))??;
     log::append(lake, record).await?;
-    moves::finish(lake, &record.files).await
+    moves::finish(lake, &record.files).await?;
+    if let Some(tables) = tables {
+        tables.append(record).await?;
+    }
+    Ok(())
 }
 
 /// A commit to write, and the staged files it makes obsolete.
@@ -60,8 +65,15 @@ struct QueueState {
 }
 
 impl CommitQueue {
-    /// Starts the commit task for `lake`, appending after the run's claim `claim`.
-    pub fn start(lake: Lake, claim: &CommitRecord, runtime: Handle, after: Option<AfterCommit>) -> Self {
+    /// Starts the commit task for `lake` (and its Iceberg `tables`), appending after the run's
+    /// claim `claim`.
+    pub fn start(
+        lake: Lake,
+        tables: Option<Arc<IcebergTables>>,
+        claim: &CommitRecord,
+        runtime: Handle,
+        after: Option<AfterCommit>,
+    ) -> Self {
         let (generation, mut seq, mut commits) = (claim.generation, claim.seq, claim.commits);
         let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
         let state = Arc::new(Mutex::new(QueueState::default()));
@@ -76,7 +88,7 @@ impl CommitQueue {
                 (seq, commits) = (seq + 1, commits + 1);
                 (record.seq, record.generation, record.commits) = (seq, generation, commits);
                 let started = std::time::Instant::now();
-                let mut result = commit(&lake, &record).await;
+                let mut result = commit(&lake, &record, tables.as_deref()).await;
                 if result.is_ok() {
                     result = discard(&lake, &superseded).await;
                 }

@@ -8,6 +8,7 @@ use dataflows::epoch::Epochs;
 use dataflows::resume::Position;
 use serde::{Deserialize, Serialize};
 
+use crate::lake::TableFormat;
 use crate::lake::writer::Staged;
 
 /// Settings that decide what the output is; a restart with other values would write rows
@@ -34,6 +35,9 @@ pub struct Settings {
     /// published every table at every commit.
     #[serde(default)]
     pub epochs: Option<Epochs>,
+    /// `--table-format`; Hive in lakes written before there was a choice.
+    #[serde(default)]
+    pub format: TableFormat,
 }
 
 impl Settings {
@@ -75,6 +79,9 @@ impl Settings {
                 ms(mine.quarantine_ms),
                 ms(mine.bars_ms)
             ));
+        }
+        if self.format != other.format {
+            diffs.push(format!("--table-format {}", self.format.as_str()));
         }
         (!diffs.is_empty()).then(|| diffs.join(" "))
     }

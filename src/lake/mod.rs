@@ -16,6 +16,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
 
 pub use schema::Table;
 
@@ -51,6 +52,36 @@ pub enum LakeError {
     /// A background upload task died.
     #[error("upload task failed: {0}")]
     Task(String),
+    /// Reading an Iceberg table failed.
+    #[error(transparent)]
+    Iceberg(Box<crate::iceberg::IcebergError>),
+}
+
+impl From<crate::iceberg::IcebergError> for LakeError {
+    fn from(e: crate::iceberg::IcebergError) -> Self {
+        LakeError::Iceberg(Box::new(e))
+    }
+}
+
+/// How the lake's tables are laid out for readers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// Parquet files in Hive-style `dt=/hour=` folders, found by listing.
+    #[default]
+    Hive,
+    /// Iceberg tables: data files listed by snapshots in a catalog.
+    Iceberg,
+}
+
+impl TableFormat {
+    /// The flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableFormat::Hive => "hive",
+            TableFormat::Iceberg => "iceberg",
+        }
+    }
 }
 
 /// A lake location: an object store and the prefix the tables live under.
@@ -224,6 +255,15 @@ impl Lake {
             }
         }
         Ok(removed)
+    }
+
+    /// The lake's URL: `file:///folder` for a local lake, `s3://bucket/prefix` on S3 (no
+    /// trailing slash), as table formats name their files.
+    pub fn url(&self) -> String {
+        match &self.local {
+            Some(folder) => format!("file://{}", folder.display()),
+            None => self.location.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// The folder of `table` under the lake's prefix.

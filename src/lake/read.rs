@@ -11,6 +11,16 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::{Lake, LakeError, Table};
+use crate::iceberg::IcebergTables;
+
+/// Every row of `table`: its current Iceberg snapshot when the lake's tables are Iceberg
+/// tables (`iceberg`), else every file in its folder.
+pub async fn rows(lake: &Lake, table: &Table, iceberg: Option<&IcebergTables>) -> Result<Vec<RecordBatch>, LakeError> {
+    match iceberg {
+        Some(tables) => Ok(tables.scan(table).await?),
+        None => read_table(lake, table).await,
+    }
+}
 
 /// Every Parquet file of `table`, sorted by path.
 pub async fn list_files(lake: &Lake, table: &Table) -> Result<Vec<ObjectMeta>, LakeError> {

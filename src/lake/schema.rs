@@ -21,6 +21,14 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table of a lake with bar widths `widths` (ms): trades, one per width, quarantine.
+    pub fn all(widths: &[u64]) -> Vec<Table> {
+        let mut tables = vec![Table::Trades];
+        tables.extend(widths.iter().map(|w| Table::Bars(*w)));
+        tables.push(Table::Quarantine);
+        tables
+    }
+
     /// Folder and table name: `trades`, `bars_1m`, `quarantine`.
     pub fn name(&self) -> String {
         match self {

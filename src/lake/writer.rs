@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -25,7 +26,7 @@ use dataflows::Time;
 use serde::{Deserialize, Serialize};
 
 use super::encode::Columns;
-use super::{Lake, LakeError, STAGING, Table, partition_path};
+use super::{Lake, LakeError, STAGING, Table, TableFormat, partition_path};
 
 /// File sizing and upload concurrency.
 #[derive(Clone, Debug)]
@@ -42,6 +43,8 @@ pub struct WriterConfig {
     /// past this many open partitions the one with the fewest rows is closed, which bounds
     /// memory at the cost of small files for scattered data only.
     pub max_open_files: usize,
+    /// The table format the files are written for (layout and column types).
+    pub format: TableFormat,
 }
 
 impl Default for WriterConfig {
@@ -52,6 +55,7 @@ impl Default for WriterConfig {
             batch_rows: 64 * 1024,
             max_uploads: 4,
             max_open_files: 64,
+            format: TableFormat::Hive,
         }
     }
 }
@@ -113,6 +117,9 @@ pub struct Staged {
     /// processes with bincode, which cannot skip fields.)
     #[serde(default)]
     pub replace: bool,
+    /// The hour partition of its rows (hours since the epoch): an Iceberg partition value.
+    #[serde(default)]
+    pub hour: i64,
 }
 
 /// Where and under which name a worker's files go.
@@ -125,26 +132,27 @@ pub struct FileNamer {
     /// Names this run's files apart from those of earlier runs (restarts).
     pub run: String,
     next_seq: u64,
+    format: TableFormat,
 }
 
 impl FileNamer {
     /// Names files for `worker` of run `run` in `lake`.
     pub fn new(lake: Lake, worker: usize, run: &str) -> Self {
-        FileNamer { lake, worker, run: run.to_owned(), next_seq: 0 }
+        FileNamer { lake, worker, run: run.to_owned(), next_seq: 0, format: TableFormat::Hive }
     }
 
     /// `(staged, path)` of the next file: `<table>/dt=../hour=../<epoch>-<run>-w<worker>-<seq>.parquet`
-    /// in the table, under `_stockflow/staging/<run>/` until committed.
+    /// in the table (`<table>/data/dt=..` for Iceberg, whose metadata sits beside it), under
+    /// `_stockflow/staging/<run>/` until committed.
     fn next(&mut self, table: &Table, hour: i64, epoch: Time) -> (String, String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = format!(
-            "{}/{}/{epoch:013}-{}-w{:03}-{seq:06}.parquet",
-            table.name(),
-            partition_path(hour),
-            self.run,
-            self.worker
-        );
+        let folder = match self.format {
+            TableFormat::Hive => table.name(),
+            TableFormat::Iceberg => format!("{}/data", table.name()),
+        };
+        let path =
+            format!("{folder}/{}/{epoch:013}-{}-w{:03}-{seq:06}.parquet", partition_path(hour), self.run, self.worker);
         (format!("{STAGING}/{}/{path}", self.run), path)
     }
 
@@ -173,6 +181,19 @@ struct OpenFile<C> {
     columns: C,
     writer: ArrowWriter<std::fs::File>,
     rows: usize,
+    conform: Option<SchemaRef>,
+}
+
+impl<C: Columns> OpenFile<C> {
+    /// Encodes the buffered rows into the file (cast to the file schema where it differs).
+    fn write_batch(&mut self) -> Result<(), LakeError> {
+        let batch = self.columns.finish()?;
+        match &self.conform {
+            Some(schema) => self.writer.write(&crate::iceberg::schema::conform(&batch, schema)?)?,
+            None => self.writer.write(&batch)?,
+        }
+        Ok(())
+    }
 }
 
 /// Files up to this size are uploaded with one put; larger ones are streamed from their
@@ -187,12 +208,18 @@ pub struct TableFiles<C: Columns> {
     table: Table,
     open: BTreeMap<(Time, i64), OpenFile<C>>,
     config: WriterConfig,
+    /// The files' schema where it differs from the table's Arrow schema (Iceberg).
+    conform: Option<SchemaRef>,
 }
 
 impl<C: Columns> TableFiles<C> {
     /// No open files yet.
-    pub fn new(table: Table, config: WriterConfig) -> Self {
-        TableFiles { table, open: BTreeMap::new(), config }
+    pub fn new(table: Table, config: WriterConfig) -> Result<Self, LakeError> {
+        let conform = match config.format {
+            TableFormat::Hive => None,
+            TableFormat::Iceberg => Some(crate::iceberg::schema::file_schema(&table)?),
+        };
+        Ok(TableFiles { table, open: BTreeMap::new(), config, conform })
     }
 
     /// Appends `row` to the file of (`epoch`, `hour`); closes and uploads the file if it is full.
@@ -208,15 +235,15 @@ impl<C: Columns> TableFiles<C> {
             Some(file) => file,
             None => {
                 let columns = C::new();
-                let writer = ArrowWriter::try_new(tempfile::tempfile()?, self.table.schema(), Some(properties()))?;
-                self.open.entry(key).or_insert(OpenFile { columns, writer, rows: 0 })
+                let schema = self.conform.clone().unwrap_or_else(|| self.table.schema());
+                let writer = ArrowWriter::try_new(tempfile::tempfile()?, schema, Some(properties()))?;
+                self.open.entry(key).or_insert(OpenFile { columns, writer, rows: 0, conform: self.conform.clone() })
             }
         };
         file.columns.push(row);
         if file.columns.len() >= self.config.batch_rows {
             file.rows += file.columns.len();
-            let batch = file.columns.finish()?;
-            file.writer.write(&batch)?;
+            file.write_batch()?;
             let bytes = file.writer.bytes_written() + file.writer.in_progress_size();
             if file.rows >= self.config.rows_per_file || bytes >= self.config.bytes_per_file {
                 if let Some(file) = self.open.remove(&key) {
@@ -300,7 +327,8 @@ pub struct FileSink {
 
 impl FileSink {
     /// Uploads through `runtime` into the lake of `namer`.
-    pub fn new(namer: FileNamer, runtime: Handle, config: &WriterConfig) -> Self {
+    pub fn new(mut namer: FileNamer, runtime: Handle, config: &WriterConfig) -> Self {
+        namer.format = config.format;
         FileSink {
             namer,
             runtime,
@@ -330,8 +358,7 @@ impl FileSink {
     fn store<C: Columns>(&mut self, table: &Table, key: (Time, i64), mut file: OpenFile<C>) -> Result<(), LakeError> {
         if !file.columns.is_empty() {
             file.rows += file.columns.len();
-            let batch = file.columns.finish()?;
-            file.writer.write(&batch)?;
+            file.write_batch()?;
         }
         if file.rows == 0 {
             return Ok(());
@@ -348,7 +375,7 @@ impl FileSink {
         };
         let (epoch, hour) = key;
         let (staged, path) = self.namer.next(table, hour, epoch);
-        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: size, replace: false };
+        let staged = Staged { epoch, staged, path, rows: file.rows as u64, bytes: size, replace: false, hour };
         self.upload(table, staged, body)
     }
 
@@ -369,7 +396,8 @@ impl FileSink {
         }
         let bytes = Bytes::from(writer.into_inner()?);
         let (staged, path) = self.namer.version(table, hour, epoch);
-        let staged = Staged { epoch, staged, path, rows: rows.len() as u64, bytes: bytes.len() as u64, replace: true };
+        let staged =
+            Staged { epoch, staged, path, rows: rows.len() as u64, bytes: bytes.len() as u64, replace: true, hour };
         self.upload(table, staged, Body::Bytes(bytes))
     }
 
@@ -476,7 +504,8 @@ mod tests {
         let files_for = |bytes_per_file: usize| {
             let config = WriterConfig { bytes_per_file, batch_rows: 10, ..Default::default() };
             let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
-            let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+            let mut files: TableFiles<QuarantineColumns> =
+                TableFiles::new(Table::Quarantine, config).expect("hive files");
             for i in 0..200 {
                 files.push(60_000, 0, &row(i), &mut out).expect("push");
             }
@@ -497,7 +526,7 @@ mod tests {
         let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
         let config = WriterConfig { batch_rows: 256, ..Default::default() };
         let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
-        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config).expect("hive files");
         // Payloads that barely compress: ~15 MB of Parquet, streamed in two parts.
         let mut rng = fastrand::Rng::with_seed(1);
         for i in 0..2_000 {
@@ -525,7 +554,7 @@ mod tests {
         let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
         let config = WriterConfig { max_open_files: 2, batch_rows: 4, ..Default::default() };
         let mut out = FileSink::new(FileNamer::new(lake.clone(), 0, "test"), rt.handle().clone(), &config);
-        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config);
+        let mut files: TableFiles<QuarantineColumns> = TableFiles::new(Table::Quarantine, config).expect("hive files");
         // Ten rows in each of five hours, interleaved: never more than two files open.
         for i in 0..50 {
             files.push(60_000, i % 5, &row(i), &mut out).expect("push");

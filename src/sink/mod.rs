@@ -5,7 +5,8 @@
 //! multiple of the table's publish interval above `t`. Trades and quarantine keep one open
 //! file per (epoch, hour partition), closed when the frontier reaches the epoch; bars are
 //! routed by table and hour to one worker, which republishes the hour's file whole
-//! (`crate::lake::republish`). The report of a file leaves at time `epoch - 1`, and the sink
+//! (`crate::lake::republish`) in a Hive lake, or writes the rows of each publish to a new file
+//! in an Iceberg lake (whose snapshots make appends atomic). The report of a file leaves at time `epoch - 1`, and the sink
 //! holds its capability there until the upload has finished, so the committer's frontier
 //! passing `T` means every file of every epoch up to `T` is stored and reported.
 
@@ -22,10 +23,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::runtime::Handle;
 
-use crate::lake::encode::{QuarantineColumns, TradeColumns};
+use crate::lake::encode::{BarColumns, QuarantineColumns, TradeColumns};
 use crate::lake::republish::HourFiles;
 use crate::lake::writer::{FileNamer, FileSink, Staged, TableFiles, WriteStats, WriterConfig};
-use crate::lake::{Lake, LakeError, Table, hour_of};
+use crate::lake::{Lake, LakeError, Table, TableFormat, hour_of};
 use crate::metrics::JobMetrics;
 
 /// Settings of the sink.
@@ -42,11 +43,38 @@ pub struct SinkConfig {
     pub writer: WriterConfig,
 }
 
+/// How a bar table's rows reach the lake.
+enum BarFiles {
+    /// Hive: the hour's file republished whole at each publish (a reader sees one version).
+    Republished(HourFiles),
+    /// Iceberg: each publish appends a file of the rows it adds (snapshots make the append
+    /// atomic; a table's files are compacted by the engines, not rewritten here).
+    Appended(TableFiles<BarColumns>),
+}
+
+impl BarFiles {
+    fn push(&mut self, time: Time, bar: Bar, epochs: &Epochs, files: &mut FileSink) -> Result<(), LakeError> {
+        match self {
+            BarFiles::Republished(hours) => hours.push(time, bar, files),
+            BarFiles::Appended(table) => {
+                table.push(epochs.epoch(Output::Bars, time), hour_of(bar.window_start), &bar, files)
+            }
+        }
+    }
+
+    fn publish(&mut self, epoch: Time, epochs: &Epochs, files: &mut FileSink) -> Result<(), LakeError> {
+        match self {
+            BarFiles::Republished(hours) => hours.publish(epoch, epochs, files),
+            BarFiles::Appended(table) => table.close_through(epoch, files),
+        }
+    }
+}
+
 /// One worker's open files for all tables.
 pub struct LakeWriter {
     trades: TableFiles<TradeColumns>,
-    /// One table per bar width, by width index: hour files republished whole.
-    bars: Vec<HourFiles>,
+    /// One table per bar width, by width index.
+    bars: Vec<BarFiles>,
     epochs: Epochs,
     quarantine: TableFiles<QuarantineColumns>,
     files: FileSink,
@@ -57,16 +85,31 @@ pub struct LakeWriter {
 
 impl LakeWriter {
     /// A writer for `worker` of run `run` into `lake`, uploading through `runtime`.
-    pub fn new(lake: Lake, worker: usize, run: &str, runtime: Handle, cfg: &SinkConfig, metrics: JobMetrics) -> Self {
-        LakeWriter {
+    pub fn new(
+        lake: Lake,
+        worker: usize,
+        run: &str,
+        runtime: Handle,
+        cfg: &SinkConfig,
+        metrics: JobMetrics,
+    ) -> Result<Self, LakeError> {
+        let bars = cfg
+            .bar_widths
+            .iter()
+            .map(|w| match cfg.writer.format {
+                TableFormat::Hive => Ok(BarFiles::Republished(HourFiles::new(Table::Bars(*w), cfg.open_after_ms))),
+                TableFormat::Iceberg => TableFiles::new(Table::Bars(*w), cfg.writer.clone()).map(BarFiles::Appended),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(LakeWriter {
             metrics,
             bar_tables: cfg.bar_widths.iter().map(|w| Table::Bars(*w).name()).collect(),
-            trades: TableFiles::new(Table::Trades, cfg.writer.clone()),
-            bars: cfg.bar_widths.iter().map(|w| HourFiles::new(Table::Bars(*w), cfg.open_after_ms)).collect(),
+            trades: TableFiles::new(Table::Trades, cfg.writer.clone())?,
+            bars,
             epochs: cfg.epochs,
-            quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone()),
+            quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone())?,
             files: FileSink::new(FileNamer::new(lake, worker, run), runtime, &cfg.writer),
-        }
+        })
     }
 
     fn close_through(&mut self, epoch: Time) -> Result<(), LakeError> {
@@ -170,7 +213,7 @@ pub fn lake_sink<'scope>(
                         result = match w.bars.get_mut(width as usize) {
                             Some(table) => {
                                 bar_rows[width as usize] += 1;
-                                table.push(time, b, &w.files)
+                                table.push(time, b, &epochs, &mut w.files)
                             }
                             None => Err(LakeError::Task(format!("bar width index {width} has no table"))),
                         };

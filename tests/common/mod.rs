@@ -9,6 +9,9 @@ pub mod moto;
 use std::collections::BTreeMap;
 
 use arrow::array::{BooleanArray, Int32Array, Int64Array, StringArray};
+use arrow::record_batch::RecordBatch;
+use stockflow::iceberg::IcebergTables;
+use stockflow::iceberg::schema::conform;
 use stockflow::lake::{Lake, Table, read};
 
 /// What a lake holds.
@@ -26,8 +29,44 @@ fn column<'a, T: 'static>(batch: &'a arrow::record_batch::RecordBatch, name: &st
 
 /// Reads every table of `lake` (bars of `widths`, in that order).
 pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
+    read_lake_from(lake, widths, None).await
+}
+
+/// Reads every table of `lake`, through the Iceberg catalog of `iceberg` if given.
+pub async fn read_lake_from(lake: &Lake, widths: &[u64], iceberg: Option<&IcebergTables>) -> Landed {
+    let trades = read::rows(lake, &Table::Trades, iceberg).await.expect("trades");
+    let quarantine = read::rows(lake, &Table::Quarantine, iceberg).await.expect("quarantine");
+    let mut bars = Vec::new();
+    for width in widths {
+        bars.push(read::rows(lake, &Table::Bars(*width), iceberg).await.expect("bars"));
+    }
+    landed(trades, quarantine, bars)
+}
+
+/// The rows of each table as read by another engine into `<dir>/<table>.parquet`, their
+/// time columns cast to the lake's milliseconds.
+pub async fn read_exported(dir: &std::path::Path, widths: &[u64]) -> Landed {
+    let folder = Lake::open(&dir.to_string_lossy()).expect("export folder");
+    let read = |table: Table| {
+        let folder = folder.clone();
+        async move {
+            let location = folder.path(&format!("{}.parquet", table.name()));
+            let batches = read::read_file(&folder, &location).await.expect("exported table");
+            let schema = table.schema();
+            batches.iter().map(|b| conform(b, &schema).expect("the lake's columns")).collect::<Vec<_>>()
+        }
+    };
+    let mut bars = Vec::new();
+    for width in widths {
+        bars.push(read(Table::Bars(*width)).await);
+    }
+    landed(read(Table::Trades).await, read(Table::Quarantine).await, bars)
+}
+
+/// Rows of trades, quarantine and each bar table, keyed.
+fn landed(trades: Vec<RecordBatch>, quarantine: Vec<RecordBatch>, bars: Vec<Vec<RecordBatch>>) -> Landed {
     let mut landed = Landed { trades: BTreeMap::new(), quarantine: BTreeMap::new(), bars: Vec::new(), duplicates: 0 };
-    for batch in read::read_table(lake, &Table::Trades).await.expect("trades") {
+    for batch in trades {
         let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
         let late = column::<BooleanArray>(&batch, "late");
         for i in 0..batch.num_rows() {
@@ -36,7 +75,7 @@ pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
             }
         }
     }
-    for batch in read::read_table(lake, &Table::Quarantine).await.expect("quarantine") {
+    for batch in quarantine {
         let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
         let r = column::<StringArray>(&batch, "reason");
         for i in 0..batch.num_rows() {
@@ -45,8 +84,8 @@ pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
             }
         }
     }
-    for (i, width) in widths.iter().enumerate() {
-        let rows = read::bars(&read::read_table(lake, &Table::Bars(*width)).await.expect("bars")).expect("bar rows");
+    for (i, batches) in bars.iter().enumerate() {
+        let rows = read::bars(batches).expect("bar rows");
         landed.bars.extend(rows.into_iter().map(|b| (i as u8, b)));
     }
     landed

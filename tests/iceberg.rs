@@ -1,0 +1,146 @@
+//! Iceberg tables beyond the commit path: snapshot expiry (`stockflow maintain`), commits
+//! racing another writer of the same catalog, and an existing table of another shape.
+
+use std::process::Command;
+
+use stockflow::commit::{CommitRecord, Settings};
+use stockflow::iceberg::{IcebergCatalog, IcebergError, IcebergTables, SEQ_PROPERTY};
+use stockflow::lake::writer::Staged;
+use stockflow::lake::{Lake, Table, TableFormat};
+
+/// A local lake with its SQLite catalog, and a runtime.
+struct Fixture {
+    dir: tempfile::TempDir,
+    lake: Lake,
+    catalog: IcebergCatalog,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
+        let catalog = IcebergCatalog::resolve(None, &dir.path().to_string_lossy()).expect("catalog");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        Fixture { dir, lake, catalog, rt }
+    }
+
+    fn open(&self) -> IcebergTables {
+        self.rt.block_on(IcebergTables::open(&self.lake, &self.catalog, &[Table::Trades])).expect("tables")
+    }
+
+    /// Commit record `seq` naming one trades file (in place already: appends do not read it).
+    fn record(&self, seq: u64) -> CommitRecord {
+        let path = format!("trades/data/dt=2025-11-24/hour=14/{seq:013}-g1-w000-000000.parquet");
+        let file = Staged {
+            epoch: seq * 60_000,
+            staged: String::new(),
+            path,
+            rows: 10,
+            bytes: 100,
+            replace: false,
+            hour: 489_999,
+        };
+        let settings = Settings {
+            topic: "trades".into(),
+            window_ms: 60_000,
+            lateness_ms: 5_000,
+            bar_widths_ms: vec![60_000],
+            horizon_ms: 3_600_000,
+            commit_interval_ms: 60_000,
+            max_skew_ms: Some(60_000),
+            epochs: None,
+            format: TableFormat::Iceberg,
+        };
+        CommitRecord {
+            seq,
+            generation: 1,
+            ..CommitRecord::template(settings).for_commit(seq * 60_000, Default::default(), vec![file])
+        }
+    }
+
+    fn snapshots(&self, tables: &IcebergTables) -> Vec<String> {
+        let table = self.rt.block_on(tables.catalog().load_table(&tables.ident(&Table::Trades))).expect("table");
+        table
+            .metadata()
+            .snapshots()
+            .filter_map(|s| s.summary().additional_properties.get(SEQ_PROPERTY).cloned())
+            .collect()
+    }
+}
+
+#[test]
+fn maintain_expires_old_snapshots_and_keeps_the_rows() {
+    let f = Fixture::new();
+    let tables = f.open();
+    for seq in 1..=5 {
+        assert_eq!(f.rt.block_on(tables.append(&f.record(seq))).expect("append"), 1);
+    }
+    assert_eq!(f.snapshots(&tables).len(), 5);
+    let maintain = |older_than: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["maintain", "--lake", &f.dir.path().to_string_lossy(), "--expire-snapshots-older-than", older_than])
+            .output()
+            .expect("maintain");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Nothing is a week old.
+    assert!(maintain("7d").contains("trades: 0 snapshots expired"));
+    assert_eq!(f.snapshots(&tables).len(), 5);
+    // Everything is older than a millisecond: all but the current snapshot go, with every
+    // row kept.
+    assert!(maintain("1ms").contains("trades: 4 snapshots expired"));
+    assert_eq!(f.snapshots(&tables), vec!["5".to_owned()]);
+    let table = f.rt.block_on(tables.catalog().load_table(&tables.ident(&Table::Trades))).expect("table");
+    let summary = &table.metadata().current_snapshot().expect("current").summary().additional_properties;
+    assert_eq!(summary.get("total-records").map(String::as_str), Some("50"), "every appended file is still there");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(["maintain", "--lake", &dir.path().to_string_lossy(), "--expire-snapshots-older-than", "7d"])
+        .output()
+        .expect("maintain");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no iceberg catalog at sqlite:"));
+}
+
+/// Another writer of the catalog (an engine's compaction, `stockflow maintain`) commits to a
+/// table while stockflow appends: the catalog's conflict check fails the stale commit, which
+/// is retried on the new metadata, so no append is lost and none is doubled.
+#[test]
+fn appends_racing_another_writer_are_retried_and_none_is_lost() {
+    let f = Fixture::new();
+    let (ours, theirs) = (f.open(), f.open());
+    for seq in 1..=20 {
+        let record = f.record(seq);
+        let (appended, expired) =
+            f.rt.block_on(async { tokio::join!(ours.append(&record), theirs.expire_snapshots(i64::MAX, 3)) });
+        assert_eq!(appended.expect("append despite the other writer"), 1);
+        expired.expect("the other writer's commit");
+    }
+    let seqs = f.snapshots(&ours);
+    assert!(seqs.len() <= 3 + 1, "expiry kept its last snapshots: {seqs:?}");
+    let table = f.rt.block_on(ours.catalog().load_table(&ours.ident(&Table::Trades))).expect("table");
+    let summary = &table.metadata().current_snapshot().expect("current").summary().additional_properties;
+    assert_eq!(summary.get(SEQ_PROPERTY).map(String::as_str), Some("20"));
+    assert_eq!(summary.get("total-records").map(String::as_str), Some("200"));
+}
+
+#[test]
+fn an_existing_table_of_another_shape_is_refused() {
+    let f = Fixture::new();
+    // A table named trades holding bar columns.
+    let tables = f.rt.block_on(IcebergTables::open(&f.lake, &f.catalog, &[])).expect("catalog");
+    let schema = stockflow::iceberg::schema::iceberg_schema(&Table::Bars(60_000)).expect("schema");
+    let creation = iceberg::TableCreation::builder()
+        .name("trades".into())
+        .location(format!("{}/trades", f.lake.url()))
+        .schema(schema)
+        .build();
+    let namespace = iceberg::NamespaceIdent::new("stockflow".into());
+    f.rt.block_on(tables.catalog().create_table(&namespace, creation)).expect("create");
+    let err = f.rt.block_on(IcebergTables::open(&f.lake, &f.catalog, &[Table::Trades])).expect_err("refused");
+    assert!(matches!(err, IcebergError::Incompatible { .. }), "{err}");
+    assert!(err.to_string().starts_with("iceberg table trades has an incompatible schema"), "{err}");
+}
