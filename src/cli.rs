@@ -63,19 +63,34 @@ pub enum Command {
     Maintain(MaintainArgs),
 }
 
-/// Flags of `stockflow maintain`.
+/// Where a command that reads a lake finds it.
 #[derive(Debug, Args, Clone)]
-pub struct MaintainArgs {
+pub struct LakeArgs {
     /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
     #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
     pub lake: String,
     /// Endpoint of an S3-compatible store (path-style requests).
     #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    /// The Iceberg catalog: sqlite:PATH (default for a local lake:
+    /// The catalog of an Iceberg lake: sqlite:PATH (default for a local lake:
     /// <lake>/_stockflow/catalog.sqlite).
     #[arg(long, value_parser = IcebergCatalog::parse)]
     pub catalog: Option<IcebergCatalog>,
+}
+
+impl LakeArgs {
+    /// How to reach an S3 lake.
+    pub fn options(&self) -> LakeOptions {
+        LakeOptions { s3_endpoint: self.s3_endpoint.clone(), layer: None }
+    }
+}
+
+/// Flags of `stockflow maintain`.
+#[derive(Debug, Args, Clone)]
+pub struct MaintainArgs {
+    /// The lake and its catalog.
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// Expire snapshots older than this (time travel before it is no longer possible).
     #[arg(long, value_parser = parse_duration)]
     pub expire_snapshots_older_than: Duration,
@@ -87,12 +102,9 @@ pub struct MaintainArgs {
 /// Flags of `stockflow plot`.
 #[derive(Debug, Args, Clone)]
 pub struct PlotArgs {
-    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
-    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
-    pub lake: String,
-    /// Endpoint of an S3-compatible store (path-style requests).
-    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
+    /// The lake and its catalog.
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// The symbol to draw.
     #[arg(long)]
     pub symbol: String,
@@ -144,12 +156,9 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 /// Flags of `stockflow status`.
 #[derive(Debug, Args, Clone)]
 pub struct StatusArgs {
-    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
-    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
-    pub lake: String,
-    /// Endpoint of an S3-compatible store (path-style requests).
-    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
+    /// The lake and its catalog.
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -205,12 +214,9 @@ pub struct SqlArgs {
     /// A file holding the query, e.g. athena/queries/daily_ohlcv.sql.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Lake location: a folder, file:// URL, or s3://bucket/prefix.
-    #[arg(long, env = "STOCKFLOW_LAKE", default_value = "./lake")]
-    pub lake: String,
-    /// Endpoint of an S3-compatible store (path-style requests).
-    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
+    /// The lake and its catalog.
+    #[command(flatten)]
+    pub lake: LakeArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
     pub format: SqlFormat,

@@ -133,12 +133,13 @@ fn check_config(cli: &Cli) -> anyhow::Result<String> {
             format!("demo {} trades -w {} into {}", args.trades, args.workers, args.lake.display())
         }
         Some(Command::Catalog(args)) => format!("catalog into {}", args.out.display()),
-        Some(Command::Sql(args)) => format!("sql on {}", args.lake),
-        Some(Command::Status(args)) => format!("status of {}", args.lake),
-        Some(Command::Plot(args)) => format!("plot {} from {} to {}", args.symbol, args.lake, args.out.display()),
+        Some(Command::Sql(args)) => format!("sql on {}", args.lake.lake),
+        Some(Command::Status(args)) => format!("status of {}", args.lake.lake),
+        Some(Command::Plot(args)) => format!("plot {} from {} to {}", args.symbol, args.lake.lake, args.out.display()),
         Some(Command::Maintain(args)) => {
-            let catalog = IcebergCatalog::resolve(args.catalog.clone(), &args.lake).map_err(anyhow::Error::msg)?;
-            format!("maintain the iceberg tables of {} in {catalog}", args.lake)
+            let catalog =
+                IcebergCatalog::resolve(args.lake.catalog.clone(), &args.lake.lake).map_err(anyhow::Error::msg)?;
+            format!("maintain the iceberg tables of {} in {catalog}", args.lake.lake)
         }
     })
 }
@@ -156,8 +157,8 @@ fn serve_metrics(
 
 fn plot(args: PlotArgs) -> anyhow::Result<()> {
     let cfg = args.config();
-    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
-    let candles = runtime()?.block_on(stockflow::plot::load(&args.lake, &options, &cfg))?;
+    let (lake, catalog) = (&args.lake, args.lake.catalog.clone());
+    let candles = runtime()?.block_on(stockflow::plot::load(&lake.lake, &lake.options(), catalog, &cfg))?;
     stockflow::plot::render(&candles, &cfg, &args.out)?;
     let rising = candles.iter().filter(|c| c.rising()).count();
     println!(
@@ -172,10 +173,9 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
 }
 
 fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
-    let catalog = IcebergCatalog::resolve(args.catalog.clone(), &args.lake).map_err(anyhow::Error::msg)?;
+    let catalog = IcebergCatalog::resolve(args.lake.catalog.clone(), &args.lake.lake).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(catalog.exists(), "no iceberg catalog at {catalog}");
-    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
-    let lake = stockflow::lake::Lake::open_with(&args.lake, &options)?;
+    let lake = stockflow::lake::Lake::open_with(&args.lake.lake, &args.lake.options())?;
     let cutoff = chrono::Utc::now().timestamp_millis()
         - i64::try_from(args.expire_snapshots_older_than.as_millis()).unwrap_or(i64::MAX);
     let expired = runtime()?.block_on(async {
@@ -189,14 +189,15 @@ fn maintain(args: MaintainArgs) -> anyhow::Result<()> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
-    if !args.lake.contains("://") && !std::path::Path::new(&args.lake).is_dir() {
-        anyhow::bail!("no lake at {}", args.lake);
+    let location = &args.lake.lake;
+    if !location.contains("://") && !std::path::Path::new(location).is_dir() {
+        anyhow::bail!("no lake at {location}");
     }
-    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
-    let lake = stockflow::lake::Lake::open_with(&args.lake, &options)?;
+    let lake = stockflow::lake::Lake::open_with(location, &args.lake.options())?;
     let status = runtime()?.block_on(async {
         lake.check_access().await?;
-        anyhow::Ok(stockflow::status::status(&lake).await?)
+        let iceberg = stockflow::iceberg::tables_of(&lake, args.lake.catalog.clone()).await?;
+        anyhow::Ok(stockflow::status::status(&lake, iceberg.as_ref()).await?)
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -212,9 +213,9 @@ fn sql(args: SqlArgs) -> anyhow::Result<()> {
         (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         (None, None) => anyhow::bail!("give a query or --file"),
     };
-    let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
     let batches = runtime()?.block_on(async {
-        let engine = stockflow::sql::SqlEngine::open(&args.lake, &options).await?;
+        let engine =
+            stockflow::sql::SqlEngine::open(&args.lake.lake, &args.lake.options(), args.lake.catalog.clone()).await?;
         engine.query(&query).await
     })?;
     let mut out = std::io::stdout().lock();

@@ -6,6 +6,7 @@ use std::path::Path;
 use arrow::array::{Array, Float64Array, TimestampMillisecondArray};
 use plotters::prelude::*;
 
+use crate::iceberg::IcebergCatalog;
 use crate::lake::LakeOptions;
 use crate::sql::{SqlEngine, SqlError};
 
@@ -86,8 +87,13 @@ pub enum PlotError {
 }
 
 /// Reads the latest revision of every bar of `cfg.symbol` in the range, oldest first.
-pub async fn load(lake: &str, options: &LakeOptions, cfg: &PlotConfig) -> Result<Vec<Candle>, PlotError> {
-    let engine = SqlEngine::open(lake, options).await?;
+pub async fn load(
+    lake: &str,
+    options: &LakeOptions,
+    catalog: Option<IcebergCatalog>,
+    cfg: &PlotConfig,
+) -> Result<Vec<Candle>, PlotError> {
+    let engine = SqlEngine::open(lake, options, catalog).await?;
     let table = crate::lake::Table::Bars(cfg.width_ms).name();
     if !engine.bar_widths.contains(&cfg.width_ms) {
         let widths: Vec<String> = engine.bar_widths.iter().map(|w| crate::lake::Table::Bars(*w).name()).collect();

@@ -12,9 +12,12 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::prelude::SessionContext;
 
 use crate::catalog::library;
+use crate::commit::CommitError;
+use crate::iceberg::IcebergCatalog;
 use crate::lake::schema::width_label;
 use crate::lake::{Lake, LakeError, LakeOptions, Table};
 
@@ -27,6 +30,9 @@ pub enum SqlError {
     /// Planning or running the query failed.
     #[error("{0}")]
     Query(String),
+    /// The commit log or the Iceberg catalog could not be read.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 impl From<datafusion::error::DataFusionError> for SqlError {
@@ -44,8 +50,13 @@ pub struct SqlEngine {
 }
 
 impl SqlEngine {
-    /// Opens `location` and registers its tables and views.
-    pub async fn open(location: &str, options: &LakeOptions) -> Result<Self, SqlError> {
+    /// Opens `location` and registers its tables and views; an Iceberg lake's tables are the
+    /// data files of their current snapshots in `catalog` (or the lake's default catalog).
+    pub async fn open(
+        location: &str,
+        options: &LakeOptions,
+        catalog: Option<IcebergCatalog>,
+    ) -> Result<Self, SqlError> {
         let local = match location.split_once("://") {
             None => Some(location),
             Some(("file", path)) => Some(path),
@@ -71,13 +82,37 @@ impl SqlEngine {
             None => local_url(location)?,
         };
         let bar_widths = bar_widths(&lake).await?;
+        let iceberg = crate::iceberg::tables_of(&lake, catalog).await?;
         for table in Table::all(&bar_widths) {
-            let url = ListingTableUrl::parse(format!("{}/{}/", base.trim_end_matches('/'), table.name()))?;
-            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet")
-                .with_table_partition_cols(vec![("dt".into(), DataType::Utf8), ("hour".into(), DataType::Utf8)]);
-            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(table.schema());
-            ctx.register_table(table.name(), Arc::new(ListingTable::try_new(config)?))?;
+            let provider: Arc<dyn TableProvider> = match &iceberg {
+                None => {
+                    let url = ListingTableUrl::parse(format!("{}/{}/", base.trim_end_matches('/'), table.name()))?;
+                    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                        .with_file_extension(".parquet")
+                        .with_table_partition_cols(vec![
+                            ("dt".into(), DataType::Utf8),
+                            ("hour".into(), DataType::Utf8),
+                        ]);
+                    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(table.schema());
+                    Arc::new(ListingTable::try_new(config)?)
+                }
+                Some(tables) => {
+                    // Exactly the snapshot's files (a folder may also hold files an engine's
+                    // compaction replaced), read with the lake's millisecond columns.
+                    let files = tables.data_files(&table).await.map_err(LakeError::from)?;
+                    if files.is_empty() {
+                        Arc::new(MemTable::try_new(table.schema(), vec![vec![]])?)
+                    } else {
+                        let urls = files.iter().map(ListingTableUrl::parse).collect::<Result<Vec<_>, _>>()?;
+                        let options = ListingOptions::new(Arc::new(ParquetFormat::default()));
+                        let config = ListingTableConfig::new_with_multi_paths(urls)
+                            .with_listing_options(options)
+                            .with_schema(table.schema());
+                        Arc::new(ListingTable::try_new(config)?)
+                    }
+                }
+            };
+            ctx.register_table(table.name(), provider)?;
         }
         let engine = SqlEngine { ctx, bar_widths };
         for view in library::views(&engine.bar_widths) {

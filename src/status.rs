@@ -2,13 +2,14 @@
 //! folders — the last commit and its age, where each partition resumes, files and bytes per
 //! recent hour partition, and quarantine by reason.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::commit::{self, CommitError};
-use crate::lake::read::{list_files, read_table, reasons};
+use crate::iceberg::IcebergTables;
+use crate::lake::read::{list_files, reasons, rows};
 use crate::lake::{Lake, LakeError, Table};
 
 /// Errors of `stockflow status`.
@@ -83,8 +84,9 @@ pub struct PartitionStatus {
     pub bytes: u64,
 }
 
-/// Reads the status of `lake`.
-pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
+/// Reads the status of `lake` (an Iceberg lake's tables through `iceberg`: the files and rows
+/// of their current snapshots).
+pub async fn status(lake: &Lake, iceberg: Option<&IcebergTables>) -> Result<Status, StatusError> {
     let (commits, newest) = commit::newest_commit(lake).await?;
     let last_commit = newest.map(|r| {
         let committed = DateTime::parse_from_rfc3339(&r.committed_at).ok().map(|t| t.with_timezone(&Utc));
@@ -103,11 +105,29 @@ pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
     widths.sort_unstable();
     let tables = Table::all(&widths);
     let mut out = Vec::new();
+    let root = format!("{}/", lake.url());
     for table in &tables {
         let base = lake.table_path(table);
+        let live: Option<HashSet<String>> = match iceberg {
+            Some(tables) => Some(
+                tables
+                    .data_files(table)
+                    .await
+                    .map_err(LakeError::from)?
+                    .iter()
+                    .filter_map(|f| f.strip_prefix(&root))
+                    .map(|rel| lake.path(rel).to_string())
+                    .collect(),
+            ),
+            None => None,
+        };
         let mut partitions: BTreeMap<String, PartitionStatus> = BTreeMap::new();
         for file in list_files(lake, table).await? {
+            if live.as_ref().is_some_and(|live| !live.contains(file.location.as_ref())) {
+                continue; // not in the table's current snapshot
+            }
             let rel = file.location.as_ref().strip_prefix(base.as_ref()).unwrap_or_default().trim_start_matches('/');
+            let rel = rel.strip_prefix("data/").unwrap_or(rel);
             let partition = rel.rsplit_once('/').map_or(rel, |(dir, _)| dir).to_owned();
             let p = partitions.entry(partition.clone()).or_insert(PartitionStatus { partition, files: 0, bytes: 0 });
             p.files += 1;
@@ -122,7 +142,7 @@ pub async fn status(lake: &Lake) -> Result<Status, StatusError> {
         });
     }
     let mut quarantine_by_reason = BTreeMap::new();
-    for reason in reasons(&read_table(lake, &Table::Quarantine).await?)? {
+    for reason in reasons(&rows(lake, &Table::Quarantine, iceberg).await?)? {
         *quarantine_by_reason.entry(reason).or_default() += 1;
     }
     Ok(Status { lake: lake.location.clone(), commits, last_commit, tables: out, quarantine_by_reason })

@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate};
 use parquet::basic::{LogicalType, TimeUnit, Type as Physical};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use stockflow::catalog::{CatalogConfig, generate};
-use stockflow::lake::{Lake, Table, read};
+use stockflow::lake::{Lake, Table, TableFormat, read};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,25 +51,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 struct Fixture {
     _dir: tempfile::TempDir,
     lake: PathBuf,
+    format: TableFormat,
 }
 
 impl Fixture {
-    /// The demo lake every test here reads (built once per test binary).
+    /// The Hive demo lake most tests here read (built once per test binary).
     fn shared() -> &'static Fixture {
         static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
-        FIXTURE.get_or_init(Fixture::new)
+        FIXTURE.get_or_init(|| Fixture::new(TableFormat::Hive))
     }
 
-    fn new() -> Self {
+    /// The same demo on Iceberg tables, read through their catalog.
+    fn iceberg() -> &'static Fixture {
+        static FIXTURE: std::sync::OnceLock<Fixture> = std::sync::OnceLock::new();
+        FIXTURE.get_or_init(|| Fixture::new(TableFormat::Iceberg))
+    }
+
+    fn new(format: TableFormat) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = dir.path().join("lake");
         let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
-            .args(["demo", "--trades", "40000", "--lake"])
+            .args(["demo", "--trades", "40000", "--table-format", format.as_str(), "--lake"])
             .arg(&lake)
             .output()
             .expect("demo");
         assert!(out.status.success(), "demo: {}", String::from_utf8_lossy(&out.stderr));
-        Fixture { _dir: dir, lake }
+        Fixture { _dir: dir, lake, format }
+    }
+
+    /// Every row of `table`, read directly (a Hive lake's files, an Iceberg table's snapshot).
+    fn rows(&self, table: Table) -> Vec<arrow::record_batch::RecordBatch> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let lake = Lake::open(&self.lake.to_string_lossy()).expect("lake");
+        rt.block_on(async {
+            let iceberg = stockflow::iceberg::tables_of(&lake, None).await.expect("catalog");
+            assert_eq!(iceberg.is_some(), self.format == TableFormat::Iceberg);
+            read::rows(&lake, &table, iceberg.as_ref()).await.expect("rows")
+        })
     }
 
     /// Rows of `stockflow sql --format csv`, as column → text maps.
@@ -116,9 +134,9 @@ struct TradeRow {
     late: bool,
 }
 
-fn trades(rt: &tokio::runtime::Runtime, lake: &Lake) -> Vec<TradeRow> {
+fn trades(f: &Fixture) -> Vec<TradeRow> {
     let mut out = Vec::new();
-    for batch in rt.block_on(read::read_table(lake, &Table::Trades)).expect("trades") {
+    for batch in f.rows(Table::Trades) {
         let symbol: &StringArray = read::column(&batch, "symbol").expect("symbol");
         let price: &Float64Array = read::column(&batch, "price").expect("price");
         let volume: &Float64Array = read::column(&batch, "volume").expect("volume");
@@ -166,12 +184,19 @@ fn daily(latest: &BTreeMap<(String, i64), dataflows::Bar>) -> Daily {
 
 #[test]
 fn every_view_and_query_answers_as_an_independent_computation_does() {
-    let f = Fixture::shared();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let lake = Lake::open(&f.lake.to_string_lossy()).expect("lake");
-    let trades = trades(&rt, &lake);
-    let bars = read::bars(&rt.block_on(read::read_table(&lake, &Table::Bars(60_000))).expect("bars")).expect("bars");
-    let quarantine = rt.block_on(read::read_table(&lake, &Table::Quarantine)).expect("quarantine");
+    views_and_queries(Fixture::shared());
+}
+
+/// The same views and queries, unchanged, over Iceberg tables.
+#[test]
+fn every_view_and_query_answers_the_same_on_iceberg_tables() {
+    views_and_queries(Fixture::iceberg());
+}
+
+fn views_and_queries(f: &Fixture) {
+    let trades = trades(f);
+    let bars = read::bars(&f.rows(Table::Bars(60_000))).expect("bars");
+    let quarantine = f.rows(Table::Quarantine);
     let reasons = read::reasons(&quarantine).expect("reasons");
     assert!(trades.len() > 30_000 && !bars.is_empty() && !reasons.is_empty());
 
@@ -304,7 +329,10 @@ fn every_view_and_query_answers_as_an_independent_computation_does() {
     assert_eq!(got["bars_1m"], (iso(newest_bar), bars.len() as u64));
     assert_eq!(got["quarantine"].1, reasons.len() as u64);
 
-    check_types_and_projection(&f.lake);
+    if f.format == TableFormat::Hive {
+        // Glue inputs and projection describe the Hive layout only.
+        check_types_and_projection(&f.lake);
+    }
 }
 
 /// Every Glue column type against the Parquet column of a file the job wrote, and the
@@ -380,7 +408,15 @@ fn check_types_and_projection(lake: &Path) {
 
 #[test]
 fn status_json_matches_the_lake() {
-    let f = Fixture::shared();
+    status_json(Fixture::shared());
+}
+
+#[test]
+fn status_json_matches_an_iceberg_lake() {
+    status_json(Fixture::iceberg());
+}
+
+fn status_json(f: &Fixture) {
     let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args(["status", "--json", "--lake"])
         .arg(&f.lake)
@@ -399,10 +435,7 @@ fn status_json_matches_the_lake() {
     assert_eq!(status["commits"], commits);
     let last = &status["last_commit"];
     assert_eq!(last["is_final"], true, "the demo drains");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let lake = Lake::open(&f.lake.to_string_lossy()).expect("lake");
-    let trades = rt.block_on(read::read_table(&lake, &Table::Trades)).expect("trades");
-    let quarantine = rt.block_on(read::read_table(&lake, &Table::Quarantine)).expect("quarantine");
+    let (trades, quarantine) = (f.rows(Table::Trades), f.rows(Table::Quarantine));
     let records: usize = trades.iter().chain(&quarantine).map(|b| b.num_rows()).sum();
     // The demo's topic starts at offset 0: resume offsets of a drained lake add up to its records.
     let resumed: i64 =
@@ -423,7 +456,8 @@ fn status_json_matches_the_lake() {
             .iter()
             .filter_map(|p| {
                 let rel = p.strip_prefix(f.lake.join(name)).ok()?.parent()?;
-                Some(rel.to_string_lossy().into_owned())
+                // An Iceberg table's data files sit under data/, beside its metadata.
+                Some(rel.strip_prefix("data").unwrap_or(rel).to_string_lossy().into_owned())
             })
             .max();
         assert_eq!(table["newest_partition"].as_str().map(String::from), newest, "{name}");
@@ -437,10 +471,8 @@ fn status_json_matches_the_lake() {
 }
 
 /// Each bar's latest revision, by (symbol, window start).
-fn latest_bars(lake: &Path) -> BTreeMap<(String, i64), dataflows::Bar> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let lake = Lake::open(&lake.to_string_lossy()).expect("lake");
-    let bars = read::bars(&rt.block_on(read::read_table(&lake, &Table::Bars(60_000))).expect("bars")).expect("bars");
+fn latest_bars(f: &Fixture) -> BTreeMap<(String, i64), dataflows::Bar> {
+    let bars = read::bars(&f.rows(Table::Bars(60_000))).expect("bars");
     let mut latest: BTreeMap<(String, i64), dataflows::Bar> = BTreeMap::new();
     for b in bars {
         let key = (b.symbol.to_string(), b.window_start);
@@ -455,8 +487,16 @@ fn latest_bars(lake: &Path) -> BTreeMap<(String, i64), dataflows::Bar> {
 /// one volume bar each with its height in proportion to the volume.
 #[test]
 fn plot_draws_every_bar_of_the_range() {
-    let f = Fixture::shared();
-    let latest = latest_bars(&f.lake);
+    plot_check(Fixture::shared());
+}
+
+#[test]
+fn plot_draws_every_bar_of_an_iceberg_lake() {
+    plot_check(Fixture::iceberg());
+}
+
+fn plot_check(f: &Fixture) {
+    let latest = latest_bars(f);
     // The symbol with the most bars; a range that cuts its first and last bar off.
     let mut per_symbol: BTreeMap<&str, Vec<&dataflows::Bar>> = BTreeMap::new();
     for ((s, _), b) in &latest {

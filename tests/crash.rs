@@ -568,25 +568,23 @@ fn sigkills_on_an_s3_lake_lose_and_duplicate_nothing() {
     assert_same_lake(&lake, &local(&clean), produced);
 }
 
-/// Runs writing Iceberg tables into `url` (`--table-format iceberg`, a SQLite catalog), each
+/// Runs writing Iceberg tables into `url` (`--table-format iceberg`, in `catalog`), each
 /// SIGKILLed at a random moment after it committed, with the topic growing between runs and
 /// worker counts alternating; then a drain. Every table's current snapshot equals the Hive
 /// lake of a clean run of the same log, no commit point has two snapshots in any table, and
 /// pyiceberg reads the same rows through the same catalog.
-fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, seed: u64) {
+fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, catalog: &IcebergCatalog, seed: u64) {
     let kafka = DevKafka::start(dir);
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().expect("producer");
     let mut market = Market::new(seed);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let catalog = dir.join("catalog.sqlite");
     let lake = Lake::open_with(url, &options).expect("lake");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let stored = || rt.block_on(stockflow::commit::newest_commit(&lake)).expect("commit log").0;
     let iceberg_job = |workers: usize, drain: bool| {
         let mut cmd = job(&kafka.brokers, url, workers, drain);
-        cmd.args(["--table-format", "iceberg", "--catalog", &format!("sqlite:{}", catalog.display())])
-            .envs(CREDENTIALS);
+        cmd.args(["--table-format", "iceberg", "--catalog", &catalog.to_string()]).envs(CREDENTIALS);
         if let Some(endpoint) = &options.s3_endpoint {
             cmd.args(["--s3-endpoint", endpoint]);
         }
@@ -619,9 +617,7 @@ fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, seed: u64) {
     drain(&kafka.brokers, &clean, 1);
     let want = rt.block_on(read_lake(&local(&clean), &WIDTHS));
 
-    let tables = rt
-        .block_on(IcebergTables::open(&lake, &IcebergCatalog::Sqlite(catalog.clone()), &Table::all(&WIDTHS)))
-        .expect("the catalog");
+    let tables = rt.block_on(IcebergTables::open(&lake, catalog, &Table::all(&WIDTHS))).expect("the catalog");
     let got = rt.block_on(read_lake_from(&lake, &WIDTHS, Some(&tables)));
     assert_same_rows(&got, &want, produced);
     assert_nothing_staged(&rt, &lake);
@@ -648,7 +644,7 @@ fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, seed: u64) {
     let mut python = Command::new("python3");
     python
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_iceberg.py"))
-        .arg(&catalog)
+        .arg(catalog.to_string())
         .arg(lake.url())
         .arg(&export);
     if let Some(endpoint) = &options.s3_endpoint {
@@ -664,7 +660,8 @@ fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, seed: u64) {
 fn sigkills_on_iceberg_tables_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = dir.path().join("lake").to_string_lossy().into_owned();
-    iceberg_sigkills(dir.path(), &url, LakeOptions::default(), 21);
+    let catalog = IcebergCatalog::Sqlite(dir.path().join("catalog.sqlite"));
+    iceberg_sigkills(dir.path(), &url, LakeOptions::default(), &catalog, 21);
 }
 
 #[test]
@@ -673,5 +670,6 @@ fn sigkills_on_iceberg_tables_on_s3_lose_and_duplicate_nothing() {
     credentials_in_process();
     let dir = tempfile::tempdir().expect("tempdir");
     let options = LakeOptions { s3_endpoint: Some(s3.endpoint.clone()), layer: None };
-    iceberg_sigkills(dir.path(), "s3://iceberg/lake", options, 22);
+    let catalog = IcebergCatalog::Sqlite(dir.path().join("catalog.sqlite"));
+    iceberg_sigkills(dir.path(), "s3://iceberg/lake", options, &catalog, 22);
 }

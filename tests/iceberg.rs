@@ -8,7 +8,7 @@ use stockflow::iceberg::{IcebergCatalog, IcebergError, IcebergTables, SEQ_PROPER
 use stockflow::lake::writer::Staged;
 use stockflow::lake::{Lake, Table, TableFormat};
 
-/// A local lake with its SQLite catalog, and a runtime.
+/// A lake with its catalog, and a runtime.
 struct Fixture {
     dir: tempfile::TempDir,
     lake: Lake,
@@ -17,12 +17,12 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A local lake and its default SQLite catalog.
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = Lake::open(&dir.path().to_string_lossy()).expect("lake");
         let catalog = IcebergCatalog::resolve(None, &dir.path().to_string_lossy()).expect("catalog");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        Fixture { dir, lake, catalog, rt }
+        Fixture { dir, lake, catalog, rt: runtime() }
     }
 
     fn open(&self) -> IcebergTables {
@@ -69,6 +69,10 @@ impl Fixture {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
 #[test]
 fn maintain_expires_old_snapshots_and_keeps_the_rows() {
     let f = Fixture::new();
@@ -110,7 +114,10 @@ fn maintain_expires_old_snapshots_and_keeps_the_rows() {
 /// is retried on the new metadata, so no append is lost and none is doubled.
 #[test]
 fn appends_racing_another_writer_are_retried_and_none_is_lost() {
-    let f = Fixture::new();
+    racing_appends(&Fixture::new());
+}
+
+fn racing_appends(f: &Fixture) {
     let (ours, theirs) = (f.open(), f.open());
     for seq in 1..=20 {
         let record = f.record(seq);

@@ -1,7 +1,7 @@
-"""Reads every table of a stockflow Iceberg lake through its SQL catalog with pyiceberg, checks
+"""Reads every table of a stockflow Iceberg lake through its catalog with pyiceberg, checks
 that each time column is a UTC timestamp, and writes each table's rows to OUT/<table>.parquet.
 
-    python3 tests/read_iceberg.py CATALOG.sqlite WAREHOUSE_URL OUT [S3_ENDPOINT]
+    python3 tests/read_iceberg.py sqlite:PATH WAREHOUSE_URL OUT [S3_ENDPOINT]
 """
 
 import sys
@@ -12,8 +12,9 @@ from pyiceberg.catalog.sql import SqlCatalog
 
 
 def main() -> None:
-    catalog_file, warehouse, out = sys.argv[1:4]
-    props = {"uri": f"sqlite:///{catalog_file}", "warehouse": warehouse}
+    catalog_spec, warehouse, out = sys.argv[1:4]
+    _, _, where = catalog_spec.partition(":")
+    props = {"warehouse": warehouse}
     if len(sys.argv) > 4:
         props.update(
             {
@@ -23,7 +24,7 @@ def main() -> None:
                 "s3.region": "us-east-1",
             }
         )
-    catalog = SqlCatalog("stockflow", **props)
+    catalog = SqlCatalog("stockflow", uri=f"sqlite:///{where}", **props)
     for _, name in catalog.list_tables("stockflow"):
         rows = catalog.load_table(("stockflow", name)).scan().to_arrow()
         for field in rows.schema:

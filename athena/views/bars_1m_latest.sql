@@ -2,7 +2,7 @@
 -- change it (later revisions supersede earlier ones).
 CREATE OR REPLACE VIEW bars_1m_latest AS
 SELECT symbol, window_start, window_end, open, high, low, close, volume, vwap, trade_count,
-       revision, dt, hour
+       revision
 FROM (
     SELECT b.*, row_number() OVER (PARTITION BY symbol, window_start ORDER BY revision DESC) AS rn
     FROM bars_1m b

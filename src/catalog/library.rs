@@ -31,7 +31,7 @@ pub fn views(widths: &[u64]) -> Vec<Sql> {
                      -- change it (later revisions supersede earlier ones).\n\
                      CREATE OR REPLACE VIEW {view} AS\n\
                      SELECT symbol, window_start, window_end, open, high, low, close, volume, vwap, trade_count,\n       \
-                     revision, dt, hour\n\
+                     revision\n\
                      FROM (\n    \
                      SELECT b.*, row_number() OVER (PARTITION BY symbol, window_start ORDER BY revision DESC) AS rn\n    \
                      FROM {bars} b\n\

@@ -24,8 +24,8 @@ use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlB
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 
-use crate::commit::CommitRecord;
-use crate::lake::{Lake, Table};
+use crate::commit::{CommitError, CommitRecord};
+use crate::lake::{Lake, Table, TableFormat};
 
 /// Table property holding the sequence number of the newest commit record appended.
 pub const SEQ_PROPERTY: &str = "stockflow.commit-seq";
@@ -161,26 +161,31 @@ impl IcebergTables {
     /// creating only the namespace.
     pub async fn connect(lake: &Lake, catalog: &IcebergCatalog) -> Result<Self, IcebergError> {
         let catalog_error = |reason: String| IcebergError::Catalog { catalog: catalog.to_string(), reason };
-        let IcebergCatalog::Sqlite(path) = catalog;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| catalog_error(e.to_string()))?;
-        }
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
         let root = lake.url();
-        let props = HashMap::from([
-            (SQL_CATALOG_PROP_URI.to_owned(), format!("sqlite:{}?mode=rwc", path.display())),
-            (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
-        ]);
-        let sql = SqlCatalogBuilder::default()
-            .sql_bind_style(SqlBindStyle::QMark)
-            .with_storage_factory(Arc::new(storage::LakeStorageFactory::new(lake.clone())))
-            .load(NAMESPACE, props)
-            .await
-            .map_err(|e| catalog_error(e.message().to_owned()))?;
-        let catalog: Arc<dyn Catalog> = Arc::new(sql);
+        let storage = Arc::new(storage::LakeStorageFactory::new(lake.clone()));
+        let catalog: Arc<dyn Catalog> = match catalog {
+            IcebergCatalog::Sqlite(path) => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| catalog_error(e.to_string()))?;
+                }
+                static DRIVERS: Once = Once::new();
+                DRIVERS.call_once(sqlx::any::install_default_drivers);
+                let props = HashMap::from([
+                    (SQL_CATALOG_PROP_URI.to_owned(), format!("sqlite:{}?mode=rwc", path.display())),
+                    (SQL_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone()),
+                ]);
+                let sql = SqlCatalogBuilder::default()
+                    .sql_bind_style(SqlBindStyle::QMark)
+                    .with_storage_factory(storage)
+                    .load(NAMESPACE, props)
+                    .await
+                    .map_err(|e| catalog_error(e.message().to_owned()))?;
+                Arc::new(sql)
+            }
+        };
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());
-        if !catalog.namespace_exists(&namespace).await? {
+        let exists = catalog.namespace_exists(&namespace).await.map_err(|e| catalog_error(one_line(&e)))?;
+        if !exists {
             catalog.create_namespace(&namespace, HashMap::new()).await?;
         }
         Ok(IcebergTables { catalog, namespace, root, specs: HashMap::new() })
@@ -246,6 +251,17 @@ impl IcebergTables {
             .collect()
     }
 
+    /// The data files of `table`'s current snapshot (absolute locations), none before its
+    /// first snapshot.
+    pub async fn data_files(&self, table: &Table) -> Result<Vec<String>, IcebergError> {
+        let loaded = self.catalog.load_table(&self.ident(table)).await?;
+        if loaded.metadata().current_snapshot().is_none() {
+            return Ok(Vec::new());
+        }
+        let tasks: Vec<_> = loaded.scan().select_all().build()?.plan_files().await?.try_collect().await?;
+        Ok(tasks.into_iter().map(|t| t.data_file_path).collect())
+    }
+
     /// Expires each table's snapshots older than `older_than_ms` (ms since the epoch), keeping
     /// at least the newest `retain_last`. Only metadata changes: stockflow's tables are
     /// append-only, so every data file stays referenced by the current snapshot. Returns each
@@ -277,6 +293,36 @@ impl IcebergTables {
     pub fn ident(&self, table: &Table) -> TableIdent {
         TableIdent::new(self.namespace.clone(), table.name())
     }
+}
+
+/// The Iceberg tables of `lake` for a reader: `None` for a Hive lake, else its tables in
+/// `catalog` (default: the local lake's SQLite file). A lake is an Iceberg lake when its
+/// newest commit record says so, or when a catalog is named.
+pub async fn tables_of(lake: &Lake, catalog: Option<IcebergCatalog>) -> Result<Option<IcebergTables>, CommitError> {
+    let (_, newest) = crate::commit::newest_commit(lake).await?;
+    if catalog.is_none() && !newest.is_some_and(|r| r.settings.format == TableFormat::Iceberg) {
+        return Ok(None);
+    }
+    let named = catalog.is_some();
+    let catalog = IcebergCatalog::resolve(catalog, &lake.url())
+        .map_err(|reason| IcebergError::Catalog { catalog: "(none)".into(), reason })?;
+    if !named && !catalog.exists() {
+        let reason = "the lake's tables are Iceberg tables and its default catalog is missing; name it with --catalog";
+        return Err(IcebergError::Catalog { catalog: catalog.to_string(), reason: reason.into() }.into());
+    }
+    Ok(Some(IcebergTables::connect(lake, &catalog).await?))
+}
+
+/// An error and its sources in one line (an unreachable catalog says why).
+fn one_line(e: &iceberg::Error) -> String {
+    let mut line = e.message().to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
 }
 
 /// The sequence number of the newest commit record appended to `table`.
