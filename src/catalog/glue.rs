@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{CatalogConfig, PARTITION_KEYS, describe, hive_type, projection};
+use super::{CatalogConfig, PARTITION_KEYS, hive_type, projection};
 use crate::lake::Table;
 
 fn pretty(value: &Value) -> String {
@@ -37,7 +37,7 @@ pub fn table(cfg: &CatalogConfig, table: &Table) -> String {
         "DatabaseName": cfg.database,
         "TableInput": {
             "Name": table.name(),
-            "Description": describe(table),
+            "Description": table.description(),
             "TableType": "EXTERNAL_TABLE",
             "Parameters": parameters,
             "PartitionKeys": keys,

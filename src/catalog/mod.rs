@@ -156,12 +156,3 @@ pub fn projection(cfg: &CatalogConfig, table: &Table) -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
-
-/// One line describing a table, for Glue and DDL comments.
-pub fn describe(table: &Table) -> &'static str {
-    match table {
-        Table::Trades => "Every valid trade, partitioned by event time (UTC).",
-        Table::Bars(_) => "OHLCV + VWAP bars, every revision; partitioned by window start (UTC).",
-        Table::Quarantine => "Records that failed cleaning, with the reason; partitioned by Kafka timestamp (UTC).",
-    }
-}

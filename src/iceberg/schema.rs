@@ -16,15 +16,6 @@ use iceberg::spec::{Schema, Transform, UnboundPartitionSpec};
 
 use crate::lake::Table;
 
-/// The column a table is partitioned by (its hour), as in the Hive layout's `dt`/`hour`.
-pub fn partition_column(table: &Table) -> &'static str {
-    match table {
-        Table::Trades => "trade_ts",
-        Table::Bars(_) => "window_start",
-        Table::Quarantine => "kafka_ts",
-    }
-}
-
 /// `table`'s Iceberg schema, field ids assigned in column order.
 pub fn iceberg_schema(table: &Table) -> iceberg::Result<Schema> {
     let fields: Vec<Field> = table.schema().fields().iter().map(micros).collect();
@@ -60,7 +51,7 @@ fn micros(field: &Arc<Field>) -> Field {
 
 /// `hour(<time column>)`: one partition per hour, as the Hive layout's folders.
 pub fn partition_spec(table: &Table, schema: &Schema) -> iceberg::Result<UnboundPartitionSpec> {
-    let column = partition_column(table);
+    let column = table.partition_column();
     let source = schema.field_by_name(column).ok_or_else(|| {
         iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("no column {column} to partition by"))
     })?;

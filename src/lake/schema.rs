@@ -38,6 +38,25 @@ impl Table {
         }
     }
 
+    /// The time column whose UTC hour partitions the table (`dt=`/`hour=` folders in the Hive
+    /// layout, an `hour(...)` transform in Iceberg): the sink files each row by it.
+    pub fn partition_column(&self) -> &'static str {
+        match self {
+            Table::Trades => "trade_ts",
+            Table::Bars(_) => "window_start",
+            Table::Quarantine => "kafka_ts",
+        }
+    }
+
+    /// One line describing the table, for Glue and DDL comments.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Table::Trades => "Every valid trade, partitioned by event time (UTC).",
+            Table::Bars(_) => "OHLCV + VWAP bars, every revision; partitioned by window start (UTC).",
+            Table::Quarantine => "Records that failed cleaning, with the reason; partitioned by Kafka timestamp (UTC).",
+        }
+    }
+
     /// The Arrow schema of the table's Parquet files (partition columns `dt`, `hour` are in the
     /// folder names, not the files).
     pub fn schema(&self) -> SchemaRef {
