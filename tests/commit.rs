@@ -16,20 +16,7 @@ use stockflow::lake::{Lake, LakeOptions, STAGING, Table, TableFormat};
 
 mod common;
 use common::moto::{credentials_in_process, moto};
-
-fn settings() -> Settings {
-    Settings {
-        topic: "trades".into(),
-        window_ms: 60_000,
-        lateness_ms: 5_000,
-        bar_widths_ms: vec![60_000],
-        horizon_ms: 3_600_000,
-        commit_interval_ms: 60_000,
-        epochs: None,
-        max_skew_ms: Some(60_000),
-        format: Default::default(),
-    }
-}
+use common::settings;
 
 /// A fresh lake, local or on S3, and a runtime to drive it.
 struct Fixture {

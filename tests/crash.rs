@@ -545,15 +545,38 @@ fn sigkills_on_an_s3_lake_lose_and_duplicate_nothing() {
         cmd.args(["--s3-endpoint", &s3.endpoint]).envs(CREDENTIALS);
         cmd
     };
+    let produced = runs_killed_after_a_commit(&mut market, &producer, &mut rng, stored, s3_job);
+    eprintln!("s3 crashes: 6 SIGKILLs, {produced} records, {} commits before the drain", stored());
+    drain_with(s3_job(2, true), url);
+    let clean = dir.path().join("clean");
+    drain(&kafka.brokers, &clean, 1);
+    assert_same_lake(&lake, &local(&clean), produced);
+}
+
+/// Six runs, each started after 2,500 more records reached the topic (worker counts
+/// alternating) and SIGKILLed at a random moment from right after its first commit (before
+/// or between the moves and any Iceberg snapshots) to 0.8 s later; `stored` counts the lake's
+/// commits. Returns the records produced.
+fn runs_killed_after_a_commit(
+    market: &mut Market,
+    producer: &BaseProducer,
+    rng: &mut fastrand::Rng,
+    stored: impl Fn() -> u64,
+    job: impl Fn(usize, bool) -> Command,
+) -> usize {
     let mut produced = 0;
     for run in 0..6 {
-        market.produce(&producer, 2_500);
+        market.produce(producer, 2_500);
         produced += 2_500;
         let before = stored();
-        let mut child = s3_job(1 + run % 2, false).spawn().expect("job");
+        let mut child = job(1 + run % 2, false).spawn().expect("job");
         let waiting = Instant::now();
         while stored() == before {
-            assert!(child.try_wait().expect("try_wait").is_none(), "job exited before committing");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+                panic!("job exited ({status}) before committing: {err}");
+            }
             assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -561,11 +584,7 @@ fn sigkills_on_an_s3_lake_lose_and_duplicate_nothing() {
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
     }
-    eprintln!("s3 crashes: 6 SIGKILLs, {produced} records, {} commits before the drain", stored());
-    drain_with(s3_job(2, true), url);
-    let clean = dir.path().join("clean");
-    drain(&kafka.brokers, &clean, 1);
-    assert_same_lake(&lake, &local(&clean), produced);
+    produced
 }
 
 /// Runs writing Iceberg tables into `url` (`--table-format iceberg`, in `catalog`), each
@@ -590,27 +609,7 @@ fn iceberg_sigkills(dir: &Path, url: &str, options: LakeOptions, catalog: &Icebe
         }
         cmd
     };
-    let mut produced = 0;
-    for run in 0..6 {
-        market.produce(&producer, 2_500);
-        produced += 2_500;
-        let before = stored();
-        let mut child = iceberg_job(1 + run % 2, false).spawn().expect("job");
-        let waiting = Instant::now();
-        while stored() == before {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut err = String::new();
-                let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
-                panic!("job exited ({status}) before committing: {err}");
-            }
-            assert!(waiting.elapsed() < Duration::from_secs(120), "no commit within 2 minutes");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // From right after the record (before or between the tables' snapshots) to later.
-        std::thread::sleep(Duration::from_millis(rng.u64(0..800)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
+    let produced = runs_killed_after_a_commit(&mut market, &producer, &mut rng, stored, iceberg_job);
     let commits = stored();
     drain_with(iceberg_job(2, true), url);
     let clean = dir.join("clean");

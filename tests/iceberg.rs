@@ -8,6 +8,8 @@ use stockflow::iceberg::{IcebergCatalog, IcebergError, IcebergTables, SEQ_PROPER
 use stockflow::lake::writer::Staged;
 use stockflow::lake::{Lake, Table, TableFormat};
 
+mod common;
+
 /// A lake with its catalog, and a runtime.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -41,17 +43,7 @@ impl Fixture {
             replace: false,
             hour: 489_999,
         };
-        let settings = Settings {
-            topic: "trades".into(),
-            window_ms: 60_000,
-            lateness_ms: 5_000,
-            bar_widths_ms: vec![60_000],
-            horizon_ms: 3_600_000,
-            commit_interval_ms: 60_000,
-            max_skew_ms: Some(60_000),
-            epochs: None,
-            format: TableFormat::Iceberg,
-        };
+        let settings = Settings { format: TableFormat::Iceberg, ..common::settings() };
         CommitRecord {
             seq,
             generation: 1,

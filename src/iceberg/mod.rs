@@ -116,8 +116,6 @@ pub struct IcebergTables {
     namespace: NamespaceIdent,
     /// The lake's URL, the root of every table's location and data file path.
     root: String,
-    /// Partition spec id of each table's default spec, by table name.
-    specs: HashMap<String, i32>,
 }
 
 impl std::fmt::Debug for IcebergTables {
@@ -130,9 +128,8 @@ impl IcebergTables {
     /// Opens `catalog` for `lake`, creating the namespace and any of `tables` that is missing,
     /// and refusing an existing table whose schema differs from what this build writes.
     pub async fn open(lake: &Lake, catalog: &IcebergCatalog, tables: &[Table]) -> Result<Self, IcebergError> {
-        let mut opened = Self::connect(lake, catalog).await?;
+        let opened = Self::connect(lake, catalog).await?;
         let (catalog, namespace, root) = (&opened.catalog, &opened.namespace, &opened.root);
-        let mut specs = HashMap::new();
         for table in tables {
             let name = table.name();
             let ident = TableIdent::new(namespace.clone(), name.clone());
@@ -151,9 +148,7 @@ impl IcebergTables {
             };
             schema::check_compatible(existing.metadata().current_schema(), &want)
                 .map_err(|reason| IcebergError::Incompatible { table: name.clone(), reason })?;
-            specs.insert(name, existing.metadata().default_partition_spec_id());
         }
-        opened.specs = specs;
         Ok(opened)
     }
 
@@ -188,7 +183,7 @@ impl IcebergTables {
         if !exists {
             catalog.create_namespace(&namespace, HashMap::new()).await?;
         }
-        Ok(IcebergTables { catalog, namespace, root, specs: HashMap::new() })
+        Ok(IcebergTables { catalog, namespace, root })
     }
 
     /// Appends `record`'s files: one snapshot per table it names, skipping any table that
@@ -206,7 +201,7 @@ impl IcebergTables {
             if appended_seq(&table) >= Some(record.seq) {
                 continue; // appended before a crash that came before the next table's
             }
-            let spec_id = self.specs.get(name).copied().unwrap_or(table.metadata().default_partition_spec_id());
+            let spec_id = table.metadata().default_partition_spec_id();
             let data_files = files
                 .iter()
                 .map(|f| {

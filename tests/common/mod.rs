@@ -14,6 +14,21 @@ use stockflow::iceberg::IcebergTables;
 use stockflow::iceberg::schema::conform;
 use stockflow::lake::{Lake, Table, read};
 
+/// The settings of a lake written with the job's defaults and 1m bars (Hive format).
+pub fn settings() -> stockflow::commit::Settings {
+    stockflow::commit::Settings {
+        topic: "trades".into(),
+        window_ms: 60_000,
+        lateness_ms: 5_000,
+        bar_widths_ms: vec![60_000],
+        horizon_ms: 3_600_000,
+        commit_interval_ms: 60_000,
+        epochs: None,
+        max_skew_ms: Some(60_000),
+        format: Default::default(),
+    }
+}
+
 /// What a lake holds.
 pub struct Landed {
     pub trades: BTreeMap<(i32, i64), bool>,
