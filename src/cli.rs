@@ -72,9 +72,10 @@ pub struct LakeArgs {
     /// Endpoint of an S3-compatible store (path-style requests).
     #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    /// The catalog of an Iceberg lake: sqlite:PATH (default for a local lake:
-    /// <lake>/_stockflow/catalog.sqlite).
-    #[arg(long, value_parser = IcebergCatalog::parse)]
+    /// The catalog of an Iceberg lake: sqlite:PATH, glue (AWS Glue Data Catalog) or
+    /// glue:URL (another Glue endpoint); default for a local lake:
+    /// <lake>/_stockflow/catalog.sqlite.
+    #[arg(long, env = "STOCKFLOW_CATALOG", value_parser = IcebergCatalog::parse)]
     pub catalog: Option<IcebergCatalog>,
 }
 
@@ -182,6 +183,17 @@ pub struct CatalogArgs {
     /// First day partition projection covers (YYYY-MM-DD).
     #[arg(long, default_value = "2000-01-01")]
     pub projection_start: String,
+    /// The lake's table format: hive (Glue inputs and Athena DDL for each table) or iceberg
+    /// (the database, views and queries; the tables are created in their catalog).
+    #[arg(long, value_enum, default_value_t = TableFormat::Hive)]
+    pub table_format: TableFormat,
+    /// Create the Iceberg tables at --location in this catalog now (sqlite:PATH, glue or
+    /// glue:URL), as the job does at its first start.
+    #[arg(long, value_parser = IcebergCatalog::parse)]
+    pub create_in: Option<IcebergCatalog>,
+    /// Endpoint of an S3-compatible store (path-style requests), for --create-in.
+    #[arg(long, env = "STOCKFLOW_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
 }
 
 impl CatalogArgs {
@@ -192,6 +204,7 @@ impl CatalogArgs {
             location: self.location.clone(),
             bar_widths: self.bars.iter().map(|d| millis(*d)).collect(),
             projection_start: self.projection_start.clone(),
+            format: self.table_format,
         }
     }
 }
@@ -300,9 +313,10 @@ pub struct JobArgs {
     /// commits in a catalog). A lake keeps the format it was created with.
     #[arg(long, value_enum, default_value_t = TableFormat::Hive)]
     pub table_format: TableFormat,
-    /// The Iceberg catalog: sqlite:PATH (default for a local lake:
-    /// <lake>/_stockflow/catalog.sqlite).
-    #[arg(long, value_parser = IcebergCatalog::parse)]
+    /// The Iceberg catalog: sqlite:PATH, glue (AWS Glue Data Catalog, region and credentials
+    /// from the environment) or glue:URL (another Glue endpoint); default for a local lake:
+    /// <lake>/_stockflow/catalog.sqlite.
+    #[arg(long, env = "STOCKFLOW_CATALOG", value_parser = IcebergCatalog::parse)]
     pub catalog: Option<IcebergCatalog>,
     /// Bar window width.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
@@ -483,9 +497,13 @@ pub struct DemoArgs {
     /// Partitions of the embedded topic (default: enough to hold the whole run).
     #[arg(long)]
     pub partitions: Option<i32>,
-    /// Table format of the demo lake: hive or iceberg (in a SQLite catalog in the lake).
+    /// Table format of the demo lake: hive or iceberg.
     #[arg(long, value_enum, default_value_t = TableFormat::Hive)]
     pub table_format: TableFormat,
+    /// The Iceberg catalog of the demo lake: sqlite:PATH, glue or glue:URL (default: a SQLite
+    /// catalog in the lake). The demo replaces its tables there.
+    #[arg(long, value_parser = IcebergCatalog::parse, requires = "table_format")]
+    pub catalog: Option<IcebergCatalog>,
 }
 
 /// Flags of `stockflow simulate`.

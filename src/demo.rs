@@ -58,8 +58,9 @@ pub struct DemoSummary {
     pub sample: Vec<Bar>,
 }
 
-/// Refuses to clear a folder that is neither empty nor a previous stockflow lake.
-fn prepare_lake(dir: &Path) -> anyhow::Result<()> {
+/// Refuses to clear a folder that is neither empty nor a previous stockflow lake; runs
+/// `before_clearing` on a previous lake, then clears it.
+fn prepare_lake(dir: &Path, before_clearing: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
         let foreign = entries.any(|e| {
@@ -75,6 +76,7 @@ fn prepare_lake(dir: &Path) -> anyhow::Result<()> {
                 dir.display()
             );
         }
+        before_clearing()?;
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     Ok(())
@@ -83,7 +85,24 @@ fn prepare_lake(dir: &Path) -> anyhow::Result<()> {
 /// Runs the demo on `runtime` and verifies the lake.
 pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
-    prepare_lake(&args.lake)?;
+    let bar_widths = BarsConfig::default().widths;
+    let catalog = match args.table_format {
+        TableFormat::Hive => None,
+        TableFormat::Iceberg => Some(
+            IcebergCatalog::resolve(args.catalog.clone(), &args.lake.to_string_lossy()).map_err(anyhow::Error::msg)?,
+        ),
+    };
+    prepare_lake(&args.lake, || match (&catalog, &args.catalog) {
+        // A shared catalog keeps the previous demo's tables, whose files go with the lake.
+        (Some(catalog), Some(_)) => {
+            let lake = Lake::open(&args.lake.to_string_lossy())?;
+            runtime.block_on(async {
+                IcebergTables::connect(&lake, catalog).await?.drop_tables(&Table::all(&bar_widths)).await
+            })?;
+            Ok(())
+        }
+        _ => Ok(()),
+    })?;
     let partitions = args.partitions.unwrap_or_else(|| args.trades.div_ceil(RECORDS_PER_PARTITION).clamp(4, 64) as i32);
 
     let mock = MockCluster::new(1).context("starting the embedded Kafka (librdkafka mock cluster)")?;
@@ -105,13 +124,6 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let server = runtime.spawn(crate::simulate::serve(listener, sim));
 
     let window = TimeConfig::default();
-    let bar_widths = BarsConfig::default().widths;
-    let catalog = match args.table_format {
-        TableFormat::Hive => None,
-        TableFormat::Iceberg => {
-            Some(IcebergCatalog::resolve(None, &args.lake.to_string_lossy()).map_err(anyhow::Error::msg)?)
-        }
-    };
     let job_cfg = JobConfig {
         kafka: kafka.clone(),
         lake: args.lake.to_string_lossy().into_owned(),

@@ -11,10 +11,11 @@ use clap::error::ErrorKind;
 use std::io::Write;
 
 use stockflow::cli::{
-    Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, MaintainArgs, PlotArgs, SimulateArgs, SqlArgs, SqlFormat,
-    StatusArgs,
+    CatalogArgs, Cli, Command, DevKafkaArgs, IngestArgs, JobArgs, MaintainArgs, PlotArgs, SimulateArgs, SqlArgs,
+    SqlFormat, StatusArgs,
 };
 use stockflow::iceberg::{IcebergCatalog, IcebergTables};
+use stockflow::lake::TableFormat;
 use stockflow::metrics::{IngestMetrics, MetricsServer};
 use stockflow::simulate::{Faults, MarketConfig, Replay, SimulateConfig, universe};
 use stockflow::{demo, ingest, job};
@@ -76,11 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Simulate(args)) => simulate(args),
         Some(Command::Ingest(args)) => run_ingest(args),
         Some(Command::DevKafka(args)) => dev_kafka(args),
-        Some(Command::Catalog(args)) => {
-            let written = stockflow::catalog::write(&args.config(), &args.out)?;
-            println!("stockflow catalog: {} files under {}", written.len(), args.out.display());
-            Ok(())
-        }
+        Some(Command::Catalog(args)) => catalog(args),
         Some(Command::Sql(args)) => sql(args),
         Some(Command::Status(args)) => status(args),
         Some(Command::Plot(args)) => plot(args),
@@ -169,6 +166,21 @@ fn plot(args: PlotArgs) -> anyhow::Result<()> {
         candles.len() - rising,
         args.out.display()
     );
+    Ok(())
+}
+
+fn catalog(args: CatalogArgs) -> anyhow::Result<()> {
+    let cfg = args.config();
+    let files = stockflow::catalog::generate(&cfg)?;
+    if let Some(catalog) = &args.create_in {
+        anyhow::ensure!(cfg.format == TableFormat::Iceberg, "--create-in is for --table-format iceberg");
+        let options = stockflow::lake::LakeOptions { s3_endpoint: args.s3_endpoint.clone(), layer: None };
+        let lake = stockflow::lake::Lake::open_with(&cfg.location, &options)?;
+        runtime()?.block_on(IcebergTables::open(&lake, catalog, &cfg.tables()))?;
+        println!("stockflow catalog: {} iceberg tables at {} in {catalog}", cfg.tables().len(), cfg.location);
+    }
+    let written = stockflow::catalog::write(&files, &args.out)?;
+    println!("stockflow catalog: {} files under {}", written.len(), args.out.display());
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+mod common;
+
 fn stockflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stockflow")).args(args).output().expect("run stockflow")
 }
@@ -63,6 +65,49 @@ fn demo_on_iceberg_tables_lands_every_record_through_the_catalog() {
     assert!(lake.join("trades/metadata").is_dir() && lake.join("trades/data").is_dir());
 }
 
+/// The demo with its tables in a Glue catalog (moto's): registered there, replaced by the
+/// next demo of the same lake, and read through Glue by pyiceberg, every record once.
+#[test]
+fn demo_tables_in_glue_are_registered_and_read_by_pyiceberg() {
+    let Some(server) = common::moto::moto("unused") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let lake_arg = lake.to_str().expect("utf8");
+    let catalog = format!("glue:{}", server.endpoint);
+    let demo = |trades: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
+            .args(["demo", "--trades", trades, "--symbols", "20", "--lake", lake_arg])
+            .args(["--table-format", "iceberg", "--catalog", &catalog])
+            .envs(common::moto::CREDENTIALS)
+            .output()
+            .expect("demo");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("landed exactly once"), "{stdout}");
+    };
+    demo("8000");
+    // The second demo clears the lake; its tables in Glue start again with it.
+    demo("12000");
+    assert!(!lake.join("_stockflow/catalog.sqlite").exists(), "no SQLite catalog beside a Glue one");
+
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).expect("export folder");
+    let lake_url = format!("file://{lake_arg}");
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_iceberg.py"))
+        .args([&catalog, &lake_url, export.to_str().expect("utf8")])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "pyiceberg: {}", String::from_utf8_lossy(&out.stderr));
+    let counts: std::collections::BTreeMap<String, u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').and_then(|(t, n)| Some((t.to_owned(), n.parse().ok()?))))
+        .collect();
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), ["bars_1m", "quarantine", "trades"]);
+    assert_eq!(counts["trades"] + counts["quarantine"], 12_000, "{counts:?}");
+    assert!(counts["bars_1m"] > 0, "{counts:?}");
+}
+
 #[test]
 fn iceberg_flags_are_checked() {
     let out = stockflow(&["--table-format", "iceberg", "--lake", "s3://bucket/lake", "--check-config"]);
@@ -82,6 +127,13 @@ fn iceberg_flags_are_checked() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("iceberg tables in sqlite:/data/lake/_stockflow/catalog.sqlite"), "{stdout}");
+
+    let out = stockflow(&["--table-format", "iceberg", "--lake", "s3://b/l", "--catalog", "glue", "--check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("iceberg tables in glue"));
+
+    let out = stockflow(&["--table-format", "iceberg", "--catalog", "glue:localhost:1", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2), "a Glue endpoint is a URL");
 }
 
 #[test]

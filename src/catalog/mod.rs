@@ -3,6 +3,12 @@
 //!
 //! `stockflow catalog` writes them under `glue/` and `athena/`; the checked-in copies are
 //! exactly what it generates for the example location (a test regenerates and compares).
+//!
+//! Iceberg tables (`--table-format iceberg`) are not declared by DDL: the job creates them in
+//! its catalog (or `stockflow catalog --create-in` does, ahead of the first run), because
+//! Athena's Iceberg DDL can declare only timestamps without a time zone and the lake's time
+//! columns are UTC instants (`timestamptz`). For them the catalog is the Glue database, the
+//! views and the queries, which read both formats alike.
 
 mod athena;
 mod glue;
@@ -12,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::DataType;
 
-use crate::lake::Table;
+use crate::lake::{Table, TableFormat};
 
 /// The example location the checked-in files are generated for.
 pub const EXAMPLE_LOCATION: &str = "s3://example-bucket/stockflow";
@@ -28,6 +34,9 @@ pub struct CatalogConfig {
     pub bar_widths: Vec<u64>,
     /// First day partition projection enumerates, `YYYY-MM-DD`.
     pub projection_start: String,
+    /// The lake's table format: Hive tables get Glue inputs and Athena DDL, Iceberg tables
+    /// are created through their catalog.
+    pub format: TableFormat,
 }
 
 impl Default for CatalogConfig {
@@ -37,6 +46,7 @@ impl Default for CatalogConfig {
             location: EXAMPLE_LOCATION.into(),
             bar_widths: vec![60_000],
             projection_start: "2000-01-01".into(),
+            format: TableFormat::Hive,
         }
     }
 }
@@ -89,9 +99,16 @@ pub fn generate(cfg: &CatalogConfig) -> Result<Vec<CatalogFile>, CatalogError> {
             cfg.projection_start
         )));
     }
+    if cfg.format == TableFormat::Iceberg && cfg.database != crate::iceberg::NAMESPACE {
+        return Err(CatalogError::Config(format!(
+            "Iceberg tables live in the database {}, not '{}'",
+            crate::iceberg::NAMESPACE,
+            cfg.database
+        )));
+    }
     let file = |path: String, text: String| CatalogFile { path: PathBuf::from(path), text };
     let mut files = vec![file("glue/database.json".into(), glue::database(cfg))];
-    for table in cfg.tables() {
+    for table in cfg.tables().into_iter().filter(|_| cfg.format == TableFormat::Hive) {
         files.push(file(format!("glue/{}.json", table.name()), glue::table(cfg, &table)));
         files.push(file(format!("athena/ddl/{}.sql", table.name()), athena::create_table(cfg, &table)));
     }
@@ -104,10 +121,10 @@ pub fn generate(cfg: &CatalogConfig) -> Result<Vec<CatalogFile>, CatalogError> {
     Ok(files)
 }
 
-/// Writes the catalog under `out`, returning the files written.
-pub fn write(cfg: &CatalogConfig, out: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+/// Writes generated `files` under `out`, returning their paths.
+pub fn write(files: &[CatalogFile], out: &Path) -> Result<Vec<PathBuf>, CatalogError> {
     let mut written = Vec::new();
-    for f in generate(cfg)? {
+    for f in files {
         let path = out.join(&f.path);
         let io = |source| CatalogError::Write { path: path.clone(), source };
         if let Some(dir) = path.parent() {

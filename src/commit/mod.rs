@@ -172,6 +172,9 @@ pub async fn recover(
     let claim = loop {
         let log = log::Log::list(lake).await?;
         let newest = log.newest(lake).await?;
+        if let Some(tables) = tables {
+            tables.check_history(newest.as_ref().map(|r| r.seq)).await?;
+        }
         if let Some(record) = &newest {
             moves::finish(lake, &record.files).await?;
             // Only the newest record can lack snapshots: a run appends a commit's snapshots

@@ -19,6 +19,7 @@ use std::sync::{Arc, Once};
 use iceberg::spec::{DataContentType, DataFileBuilder, DataFileFormat, Literal, Struct};
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_glue::{GLUE_CATALOG_PROP_URI, GLUE_CATALOG_PROP_WAREHOUSE, GlueCatalogBuilder};
 use iceberg_catalog_sql::{SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle, SqlCatalogBuilder};
 
 use arrow::array::RecordBatch;
@@ -41,14 +42,25 @@ pub const NAMESPACE: &str = "stockflow";
 pub enum IcebergCatalog {
     /// An SQL catalog in a SQLite file (`sqlite:PATH`).
     Sqlite(PathBuf),
+    /// The AWS Glue Data Catalog of the account and region the environment names, with
+    /// credentials found as the S3 client finds them (`glue`); `glue:URL` sends its requests
+    /// to another endpoint (a Glue-compatible test server).
+    Glue {
+        /// Glue's endpoint, when not AWS's own.
+        endpoint: Option<String>,
+    },
 }
 
 impl IcebergCatalog {
-    /// Parses `sqlite:PATH`.
+    /// Parses `sqlite:PATH`, `glue` or `glue:URL`.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
+            None if text == "glue" => Ok(IcebergCatalog::Glue { endpoint: None }),
+            Some(("glue", url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                Ok(IcebergCatalog::Glue { endpoint: Some(url.to_owned()) })
+            }
             Some(("sqlite", path)) if !path.is_empty() => Ok(IcebergCatalog::Sqlite(PathBuf::from(path))),
-            _ => Err(format!("unknown catalog {text:?}: expected sqlite:PATH")),
+            _ => Err(format!("unknown catalog {text:?}: expected sqlite:PATH, glue or glue:http(s)://ENDPOINT")),
         }
     }
 
@@ -70,10 +82,12 @@ impl IcebergCatalog {
 }
 
 impl IcebergCatalog {
-    /// Whether the catalog is there to be read (opening a SQLite catalog creates it).
+    /// Whether the catalog may be there to be read (opening a SQLite catalog creates it; a
+    /// Glue catalog is asked when connected).
     pub fn exists(&self) -> bool {
         match self {
             IcebergCatalog::Sqlite(path) => path.is_file(),
+            IcebergCatalog::Glue { .. } => true,
         }
     }
 }
@@ -82,6 +96,8 @@ impl std::fmt::Display for IcebergCatalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IcebergCatalog::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            IcebergCatalog::Glue { endpoint: None } => write!(f, "glue"),
+            IcebergCatalog::Glue { endpoint: Some(url) } => write!(f, "glue:{url}"),
         }
     }
 }
@@ -103,6 +119,15 @@ pub enum IcebergError {
         /// The table.
         table: String,
         /// The first difference found.
+        reason: String,
+    },
+    /// A table of the catalog belongs to another lake, or holds commits this lake has not
+    /// made (the lake was deleted and started again while the catalog kept its tables).
+    #[error("iceberg table {table} {reason}; drop the table or use another catalog")]
+    Foreign {
+        /// The table.
+        table: String,
+        /// What does not match.
         reason: String,
     },
     /// A catalog or table operation failed.
@@ -148,8 +173,45 @@ impl IcebergTables {
             };
             schema::check_compatible(existing.metadata().current_schema(), &want)
                 .map_err(|reason| IcebergError::Incompatible { table: name.clone(), reason })?;
+            let location = format!("{root}/{name}");
+            if existing.metadata().location().trim_end_matches('/') != location {
+                let reason = format!("is stored at {}, not in this lake ({location})", existing.metadata().location());
+                return Err(IcebergError::Foreign { table: name, reason });
+            }
         }
         Ok(opened)
+    }
+
+    /// Drops those of `tables` that are stored in this lake from the catalog (the demo starts
+    /// its lake again); tables stored elsewhere are left alone. Returns how many were dropped.
+    pub async fn drop_tables(&self, tables: &[Table]) -> Result<usize, IcebergError> {
+        let mut dropped = 0;
+        for table in tables {
+            let ident = self.ident(table);
+            if !self.catalog.table_exists(&ident).await? {
+                continue;
+            }
+            let loaded = self.catalog.load_table(&ident).await?;
+            if loaded.metadata().location().trim_end_matches('/') == format!("{}/{}", self.root, table.name()) {
+                self.catalog.drop_table(&ident).await?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Refuses a table that holds a commit record newer than `newest`, the lake's newest
+    /// (`None`: the lake has none): appending would skip this lake's records as done.
+    pub async fn check_history(&self, newest: Option<u64>) -> Result<(), IcebergError> {
+        for ident in self.catalog.list_tables(&self.namespace).await? {
+            let table = self.catalog.load_table(&ident).await?;
+            if let Some(seq) = appended_seq(&table).filter(|&seq| Some(seq) > newest) {
+                let have = newest.map_or("none".to_owned(), |n| n.to_string());
+                let reason = format!("holds commit {seq} and the lake's newest commit is {have}");
+                return Err(IcebergError::Foreign { table: ident.name().to_owned(), reason });
+            }
+        }
+        Ok(())
     }
 
     /// Connects to `catalog` for `lake`'s tables as they are (readers and maintenance),
@@ -176,6 +238,18 @@ impl IcebergTables {
                     .await
                     .map_err(|e| catalog_error(e.message().to_owned()))?;
                 Arc::new(sql)
+            }
+            IcebergCatalog::Glue { endpoint } => {
+                let mut props = HashMap::from([(GLUE_CATALOG_PROP_WAREHOUSE.to_owned(), root.clone())]);
+                if let Some(url) = endpoint {
+                    props.insert(GLUE_CATALOG_PROP_URI.to_owned(), url.clone());
+                }
+                let glue = GlueCatalogBuilder::default()
+                    .with_storage_factory(storage)
+                    .load(NAMESPACE, props)
+                    .await
+                    .map_err(|e| catalog_error(one_line(&e)))?;
+                Arc::new(glue)
             }
         };
         let namespace = NamespaceIdent::new(NAMESPACE.to_owned());

@@ -1,5 +1,6 @@
-//! An S3-compatible server for tests: moto on loopback (installed by .ci/run), with a
-//! bucket and the test credentials.
+//! An S3- and Glue-compatible server for tests: moto on loopback (installed by .ci/run), with
+//! a bucket and the test credentials, and Glue's optimistic-concurrency check on UpdateTable
+//! (tests/moto_server.py).
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
@@ -21,12 +22,13 @@ impl Drop for Moto {
     }
 }
 
-/// Starts moto's S3 server on a free port and creates `bucket`; `None` where moto is not
+/// Starts moto's server (S3 and Glue) on a free port and creates `bucket`; `None` where moto is not
 /// installed outside CI (CI installs it and must run this test).
 pub fn moto(bucket: &str) -> Option<Moto> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_server.py"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn();
