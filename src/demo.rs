@@ -66,7 +66,7 @@ fn prepare_lake(dir: &Path, before_clearing: impl FnOnce() -> anyhow::Result<()>
         let foreign = entries.any(|e| {
             e.map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                !(name == "trades" || name == "quarantine" || name == "_stockflow" || name.starts_with("bars_"))
+                !(name == "_stockflow" || Table::from_name(&name).is_some())
             })
             .unwrap_or(true)
         });

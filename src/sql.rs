@@ -18,7 +18,6 @@ use datafusion::prelude::SessionContext;
 use crate::catalog::library;
 use crate::commit::CommitError;
 use crate::iceberg::IcebergCatalog;
-use crate::lake::schema::width_label;
 use crate::lake::{Lake, LakeError, LakeOptions, Table};
 
 /// Errors of `stockflow sql`.
@@ -143,11 +142,9 @@ async fn bar_widths(lake: &Lake) -> Result<Vec<u64>, SqlError> {
     let mut widths: Vec<u64> = listing
         .common_prefixes
         .iter()
-        .filter_map(|p| p.filename()?.strip_prefix("bars_").map(str::to_owned))
-        .filter_map(|label| {
-            // Only folders the job names: the label must round-trip (`bars_1m`, not `bars_60s`).
-            let width = humantime::parse_duration(&label).ok()?.as_millis() as u64;
-            (width > 0 && width_label(width) == label).then_some(width)
+        .filter_map(|p| match Table::from_name(p.filename()?) {
+            Some(Table::Bars(width)) => Some(width),
+            _ => None,
         })
         .collect();
     widths.sort_unstable();

@@ -11,7 +11,7 @@ use stockflow::lake::{Lake, LakeOptions, Table, TableFormat};
 
 mod common;
 
-use common::moto::{Moto, credentials_in_process, moto};
+use common::moto::{Moto, credentials_in_process, moto_with};
 
 /// A lake with its catalog, and a runtime.
 struct Fixture {
@@ -35,7 +35,12 @@ impl Fixture {
     /// An S3 lake in `bucket` and a Glue catalog, both on moto; `None` where moto is not
     /// installed outside CI.
     fn glue(bucket: &str) -> Option<Self> {
-        let server = moto(bucket)?;
+        Self::glue_with(bucket, &[])
+    }
+
+    /// As [`Fixture::glue`], with `env` for the server (its fault knobs).
+    fn glue_with(bucket: &str, env: &[(&str, &str)]) -> Option<Self> {
+        let server = moto_with(bucket, env)?;
         credentials_in_process();
         let options = LakeOptions { s3_endpoint: Some(server.endpoint.clone()), layer: None };
         let lake = Lake::open_with(&format!("s3://{bucket}/lake"), &options).expect("lake");
@@ -131,6 +136,22 @@ fn appends_racing_another_writer_are_retried_and_none_is_lost() {
 fn appends_racing_another_writer_on_glue_are_retried_and_none_is_lost() {
     let Some(f) = Fixture::glue("race") else { return };
     racing_appends(&f);
+}
+
+/// Glue refuses commits as stale (ConcurrentModificationException, injected by the server
+/// as if another writer had just committed): each append is retried on fresh metadata and
+/// lands exactly once.
+#[test]
+fn glue_commit_conflicts_are_retried_and_land_once() {
+    let Some(f) = Fixture::glue_with("conflicts", &[("MOTO_GLUE_CONFLICTS", "3")]) else { return };
+    let tables = f.open();
+    for seq in 1..=4 {
+        assert_eq!(f.rt.block_on(tables.append(&f.record(seq))).expect("append despite conflicts"), 1);
+        assert_eq!(f.rt.block_on(tables.append(&f.record(seq))).expect("again"), 0, "appended once");
+    }
+    let mut seqs = f.snapshots(&tables);
+    seqs.sort();
+    assert_eq!(seqs, ["1", "2", "3", "4"], "one snapshot per append");
 }
 
 fn racing_appends(f: &Fixture) {

@@ -3,9 +3,13 @@ UpdateTable and moto leaves out: a VersionId that is not the table's current ver
 with ConcurrentModificationException. Iceberg's Glue catalogs rely on that check to refuse a
 commit based on stale metadata, so a test of racing commits needs it.
 
+With MOTO_GLUE_CONFLICTS=N in its environment, the first N UpdateTable calls fail the same way,
+as if another writer had committed just before each of them (fault injection).
+
     python3 tests/moto_server.py -H 127.0.0.1 -p PORT
 """
 
+import os
 import sys
 import threading
 
@@ -14,11 +18,15 @@ from moto.server import main
 
 _LOCK = threading.Lock()
 _UPDATE_TABLE = responses.GlueResponse.update_table
+_INJECTED = [int(os.environ.get("MOTO_GLUE_CONFLICTS", "0"))]
 
 
 def update_table(self):  # type: ignore[no-untyped-def]
     version = self.parameters.get("VersionId")
     with _LOCK:  # the check and the update as one step, as Glue makes them
+        if _INJECTED[0] > 0:
+            _INJECTED[0] -= 1
+            raise exceptions.GlueClientError("ConcurrentModificationException", "injected conflict")
         if version is not None:
             database = self.parameters.get("DatabaseName")
             table = self.glue_backend.get_table(database, self.parameters["TableInput"]["Name"])

@@ -29,6 +29,20 @@ impl Table {
         tables
     }
 
+    /// The table named `name` (`trades`, `bars_1m`, `quarantine`), the inverse of
+    /// [`Table::name`]: a bar label must be the one the job writes (`bars_1m`, not `bars_60s`).
+    pub fn from_name(name: &str) -> Option<Table> {
+        match name {
+            "trades" => Some(Table::Trades),
+            "quarantine" => Some(Table::Quarantine),
+            _ => {
+                let label = name.strip_prefix("bars_")?;
+                let width = u64::try_from(humantime::parse_duration(label).ok()?.as_millis()).ok()?;
+                (width > 0 && width_label(width) == label).then_some(Table::Bars(width))
+            }
+        }
+    }
+
     /// Folder and table name: `trades`, `bars_1m`, `quarantine`.
     pub fn name(&self) -> String {
         match self {
@@ -143,6 +157,12 @@ mod tests {
         assert_eq!(Table::Bars(3_600_000).name(), "bars_1h");
         assert_eq!(Table::Bars(1_500).name(), "bars_1500ms");
         assert_eq!(Table::Quarantine.name(), "quarantine");
+        for table in Table::all(&[1_500, 60_000, 3_600_000]) {
+            assert_eq!(Table::from_name(&table.name()), Some(table));
+        }
+        for other in ["bars_60s", "bars_", "bars_0s", "_stockflow", "trade"] {
+            assert_eq!(Table::from_name(other), None, "{other}");
+        }
     }
 
     #[test]

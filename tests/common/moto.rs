@@ -25,10 +25,16 @@ impl Drop for Moto {
 /// Starts moto's server (S3 and Glue) on a free port and creates `bucket`; `None` where moto is not
 /// installed outside CI (CI installs it and must run this test).
 pub fn moto(bucket: &str) -> Option<Moto> {
+    moto_with(bucket, &[])
+}
+
+/// As [`moto`], with `env` in the server's environment (tests/moto_server.py's fault knobs).
+pub fn moto_with(bucket: &str, env: &[(&str, &str)]) -> Option<Moto> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let child = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_server.py"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn();
