@@ -554,6 +554,9 @@ pub struct SimulateArgs {
     /// Fault: send an error frame and close after this many records of a connection.
     #[arg(long)]
     pub error_after: Option<u64>,
+    /// Fault: send every this many trade frames of a connection twice, byte for byte.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub duplicate_every: Option<u64>,
 }
 
 /// Flags of `stockflow ingest`.
@@ -582,6 +585,14 @@ pub struct IngestArgs {
     /// Append every received frame, with its receive time, to this file (JSON lines).
     #[arg(long)]
     pub record: Option<PathBuf>,
+    /// A trade frame byte-identical to one received on the same connection within this
+    /// window counts as a duplicate frame (metric and progress log).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+    /// Do not forward duplicate frames to Kafka (identical trades inside different frames are
+    /// always forwarded: repeated prints are genuine).
+    #[arg(long)]
+    pub drop_duplicate_frames: bool,
     /// Interval of the `ingest progress` log event (frames, records, delivered, failures,
     /// reconnects, queue depth).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commit;
 pub mod demo;
+pub mod finnhub;
 pub mod iceberg;
 pub mod ingest;
 pub mod job;

@@ -331,6 +331,7 @@ fn simulate_config(args: &SimulateArgs) -> anyhow::Result<SimulateConfig> {
             stall_every: args.stall_every,
             stall_for: args.stall_for,
             error_after: args.error_after,
+            duplicate_every: args.duplicate_every,
         },
         sent: None,
         replay: match &args.replay {
@@ -430,14 +431,16 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         backoff_max: args.backoff_max,
         record: args.record.clone(),
         stats_every: args.stats_every,
+        duplicate_window: args.duplicate_window,
+        drop_duplicate_frames: args.drop_duplicate_frames,
         metrics,
         ..ingest::IngestConfig::new(url, symbols, args.kafka.config())
     };
     let rt = runtime()?;
     let stats = rt.block_on(ingest::run(cfg))?;
     println!(
-        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings, {} reconnects",
-        stats.frames, stats.records, stats.delivered, stats.pings, stats.reconnects
+        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings, {} reconnects, {} duplicate frames",
+        stats.frames, stats.records, stats.delivered, stats.pings, stats.reconnects, stats.duplicate_frames
     );
     Ok(())
 }

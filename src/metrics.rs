@@ -191,6 +191,8 @@ pub struct IngestMetrics {
     pub failed: Counter,
     /// Websocket (re)connections after the first.
     pub reconnects: Counter,
+    /// Trade frames repeated byte for byte on their connection within the duplicate window.
+    pub duplicate_frames: Counter,
     /// Records waiting between the websocket and the producer.
     pub queue_depth: Gauge,
 }
@@ -204,6 +206,11 @@ impl IngestMetrics {
         r.register("delivered", "Records the broker acknowledged", self.delivered.clone());
         r.register("failed", "Records the producer failed to deliver", self.failed.clone());
         r.register("reconnects", "Websocket reconnections", self.reconnects.clone());
+        r.register(
+            "duplicate_frames",
+            "Trade frames repeated byte for byte on their connection within the duplicate window",
+            self.duplicate_frames.clone(),
+        );
         r.register("queue_depth", "Records waiting for the producer", self.queue_depth.clone());
     }
 }

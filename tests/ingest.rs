@@ -150,7 +150,7 @@ fn disconnects_and_stalls_lose_and_duplicate_nothing() {
         disconnect_every: Some(3_000),
         stall_every: Some(7_000),
         stall_for: Duration::from_millis(1_500),
-        error_after: None,
+        ..Faults::default()
     };
     // The run's counters are served on a metrics endpoint too; a scrape must agree with them.
     let metrics = stockflow::metrics::IngestMetrics::default();
@@ -174,6 +174,7 @@ fn disconnects_and_stalls_lose_and_duplicate_nothing() {
         ("stockflow_ingest_delivered_total", stats.delivered),
         ("stockflow_ingest_failed_total", stats.failed),
         ("stockflow_ingest_reconnects_total", stats.reconnects),
+        ("stockflow_ingest_duplicate_frames_total", stats.duplicate_frames),
     ] {
         assert_eq!(scraped.get(name).copied(), Some(value as f64), "{name}");
     }
@@ -228,4 +229,35 @@ fn a_recorded_session_replays_to_the_same_records() {
     assert_eq!(result.expect("replaying ingest").records, 5_000);
     assert_eq!(topic_records(&replaying.kafka, 2), topic_records(&recording.kafka, 2));
     assert_exactly_once(&replaying, 2, &frames, 5_000);
+}
+
+/// The simulator sends every 7th data frame twice, byte for byte, across reconnects: ingest
+/// counts each repeat, forwards it by default (Kafka holds every frame's records) and drops
+/// it with `drop_duplicate_frames` (Kafka holds each trade once).
+#[test]
+fn repeated_frames_are_counted_and_dropped_only_when_asked() {
+    for drop in [false, true] {
+        let rig = rig(2);
+        let faults = Faults { duplicate_every: Some(7), disconnect_every: Some(2_000), ..Faults::default() };
+        let running = start_with(&rig, 10_000, None, faults, Duration::from_secs(30), |_, ingest| {
+            ingest.drop_duplicate_frames = drop;
+        });
+        let (result, frames) = finish(&rig, running);
+        let stats = result.expect("ingest");
+        let repeats = frames.windows(2).filter(|w| w[0] == w[1]).count();
+        assert!(repeats > 50, "the simulator repeated {repeats} frames");
+        assert_eq!(stats.duplicate_frames, repeats as u64, "drop: {drop}");
+        assert!(stats.reconnects >= 4, "{stats:?}");
+        if drop {
+            let mut distinct = frames.clone();
+            distinct.dedup();
+            assert_eq!(distinct.len(), frames.len() - repeats);
+            assert_exactly_once(&rig, 2, &distinct, 10_000);
+        } else {
+            let forwarded = expected_records(&frames).values().sum::<usize>() as u64;
+            assert!(forwarded > 10_000);
+            assert_eq!(stats.records, forwarded);
+            assert_exactly_once(&rig, 2, &frames, forwarded);
+        }
+    }
 }

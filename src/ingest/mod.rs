@@ -4,7 +4,11 @@
 //! is slow the queue fills, the reader stops reading, and TCP pushes back on the server, so
 //! memory stays bounded and nothing received is dropped. Records keep the trade object's
 //! bytes exactly as received; frames that are not valid JSON are forwarded whole (without a
-//! key) so the job quarantines them instead of ingest losing them.
+//! key) so the job quarantines them instead of ingest losing them. Trade frames repeated
+//! byte for byte on one connection are counted, and dropped when asked
+//! ([`repeated::RepeatedFrames`]).
+
+mod repeated;
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -17,14 +21,13 @@ use futures::{SinkExt, StreamExt};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::finnhub::{Captured, END_OF_STREAM, Frame, Request, trade_key};
 use crate::kafka::KafkaConfig;
 use crate::metrics::IngestMetrics;
-use crate::simulate::END_OF_STREAM;
+use repeated::RepeatedFrames;
 
 /// Frames buffered between socket and producer before the reader stops reading.
 const QUEUE_FRAMES: usize = 4096;
@@ -46,6 +49,11 @@ pub struct IngestConfig {
     pub record: Option<PathBuf>,
     /// Interval of the `ingest progress` event.
     pub stats_every: Duration,
+    /// A trade frame byte-identical to one received on the same connection this recently is
+    /// a repeated frame.
+    pub duplicate_window: Duration,
+    /// Do not forward repeated frames (they are counted either way).
+    pub drop_duplicate_frames: bool,
     /// Target topic.
     pub kafka: KafkaConfig,
     /// Where the counters go (served on `--metrics-addr`).
@@ -65,6 +73,8 @@ impl IngestConfig {
             backoff_max: Duration::from_secs(30),
             record: None,
             stats_every: Duration::from_secs(10),
+            duplicate_window: Duration::from_secs(5),
+            drop_duplicate_frames: false,
         }
     }
 }
@@ -84,6 +94,8 @@ pub struct IngestStats {
     pub pings: u64,
     /// Connections lost and re-established.
     pub reconnects: u64,
+    /// Trade frames repeated byte for byte on their connection within the duplicate window.
+    pub duplicate_frames: u64,
 }
 
 /// Why ingest stopped.
@@ -146,6 +158,7 @@ impl IngestProgress<'_> {
             delivered = c.delivered.get(),
             delivery_failures = c.failed.get(),
             reconnects = c.reconnects.get(),
+            duplicate_frames = c.duplicate_frames.get(),
             queue_depth = self.queue_depth,
             "ingest progress"
         );
@@ -170,40 +183,23 @@ impl ProducerContext for DeliveryCounter {
     }
 }
 
-#[derive(Deserialize)]
-struct FrameView<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    data: Option<Vec<&'a RawValue>>,
-    #[serde(borrow)]
-    msg: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct KeyView<'a> {
-    #[serde(borrow)]
-    s: Option<Cow<'a, str>>,
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A frame and its receive time (ms since the epoch): the Kafka timestamp of its records.
-type Received = (i64, Message);
+/// A frame received: its receive time (ms since the epoch, the Kafka timestamp of its
+/// records), the frame, and whether it repeats one received just before on its connection.
+struct Received {
+    at: i64,
+    frame: Message,
+    repeated: bool,
+}
 
 /// `--record`: every received frame with its receive time, one JSON object a line
 /// (`{"t":1763997374633,"frame":"..."}`), the format `simulate --replay` plays back.
 struct Recorder {
     path: PathBuf,
     out: BufWriter<File>,
-}
-
-#[derive(Serialize)]
-struct RecordedFrame<'a> {
-    t: i64,
-    frame: &'a str,
 }
 
 impl Recorder {
@@ -218,7 +214,8 @@ impl Recorder {
 
     fn write(&mut self, t: i64, frame: &str) -> Result<(), IngestError> {
         let fail = |e: std::io::Error| IngestError::Record { path: self.path.clone(), source: e };
-        serde_json::to_writer(&mut self.out, &RecordedFrame { t, frame }).map_err(|e| fail(e.into()))?;
+        serde_json::to_writer(&mut self.out, &Captured { t, frame: Cow::Borrowed(frame) })
+            .map_err(|e| fail(e.into()))?;
         self.out.write_all(b"\n").map_err(fail)
     }
 
@@ -242,8 +239,7 @@ where
     S: futures::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     for symbol in symbols {
-        let request = serde_json::json!({"type": "subscribe", "symbol": symbol}).to_string();
-        ws.feed(Message::text(request)).await?;
+        ws.feed(Message::text(Request::Subscribe(symbol.clone()).to_text())).await?;
     }
     ws.flush().await
 }
@@ -253,11 +249,14 @@ async fn read_frames<S>(
     ws: &mut S,
     to_producer: &mpsc::Sender<Received>,
     stale_after: Duration,
+    duplicate_window: Duration,
     counters: &Counters,
 ) -> Session
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
+    // Repeats are looked for within one connection: a reconnect's frames are new.
+    let mut repeats = RepeatedFrames::new(duplicate_window);
     loop {
         match tokio::time::timeout(stale_after, ws.next()).await {
             Err(_) => return Session::Lost(format!("no frame for {}s", stale_after.as_secs_f64())),
@@ -271,9 +270,14 @@ where
                     }
                 };
             }
-            Ok(Some(Ok(msg @ Message::Text(_)))) => {
+            Ok(Some(Ok(Message::Text(text)))) => {
                 counters.frames.inc();
-                if to_producer.send((now_ms(), msg)).await.is_err() {
+                let repeated = repeats.check(&text, tokio::time::Instant::now().into_std());
+                if repeated {
+                    counters.duplicate_frames.inc();
+                }
+                let received = Received { at: now_ms(), frame: Message::Text(text), repeated };
+                if to_producer.send(received).await.is_err() {
                     return Session::ProducerStopped;
                 }
             }
@@ -318,8 +322,10 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     let (frames_tx, frames_rx) = mpsc::channel::<Received>(QUEUE_FRAMES);
     let topic = cfg.kafka.topic.clone();
     let producer_counters = Arc::clone(&counters);
-    let producing =
-        tokio::task::spawn_blocking(move || produce_frames(producer, &topic, frames_rx, recorder, &producer_counters));
+    let drop_repeated = cfg.drop_duplicate_frames;
+    let producing = tokio::task::spawn_blocking(move || {
+        produce_frames(producer, &topic, frames_rx, recorder, drop_repeated, &producer_counters)
+    });
 
     // The token travels only in the request URL; messages and logs use `cfg.url`.
     let url = match &cfg.token {
@@ -352,7 +358,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
                 Ok(()) => {
                     tracing::info!(url = %cfg.url, symbols = cfg.symbols.len(), reconnects, "subscribed");
                     attempt = 0;
-                    read_frames(&mut ws, &frames_tx, cfg.stale_after, &counters).await
+                    read_frames(&mut ws, &frames_tx, cfg.stale_after, cfg.duplicate_window, &counters).await
                 }
                 Err(e) => Session::Lost(e.to_string()),
             },
@@ -388,6 +394,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         failed: counters.failed.get(),
         pings,
         reconnects,
+        duplicate_frames: counters.duplicate_frames.get(),
     };
     if let Some(e) = read_error {
         return Err(e);
@@ -399,18 +406,23 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
 }
 
 /// The producer thread: splits frames into records and produces them, waiting for queue
-/// space (by serving delivery reports) instead of dropping.
+/// space (by serving delivery reports) instead of dropping; with `drop_repeated`, repeated
+/// frames are recorded but not produced.
 fn produce_frames(
     producer: BaseProducer<DeliveryCounter>,
     topic: &str,
     mut frames: mpsc::Receiver<Received>,
     mut recorder: Option<Recorder>,
+    drop_repeated: bool,
     counters: &Counters,
 ) -> Result<(u64, u64), IngestError> {
     let (mut records, mut pings) = (0u64, 0u64);
-    while let Some((received, Message::Text(text))) = frames.blocking_recv() {
+    while let Some(Received { at: received, frame: Message::Text(text), repeated }) = frames.blocking_recv() {
         if let Some(r) = recorder.as_mut() {
             r.write(received, text.as_str())?;
+        }
+        if repeated && drop_repeated {
+            continue;
         }
         let mut send = |key: Option<&[u8]>, payload: &[u8]| -> Result<(), IngestError> {
             let mut record = BaseRecord::to(topic).payload(payload).timestamp(received);
@@ -431,21 +443,17 @@ fn produce_frames(
             counters.records.inc();
             Ok(())
         };
-        match serde_json::from_str::<FrameView<'_>>(text.as_str()) {
-            Err(_) => send(None, text.as_bytes())?,
-            Ok(frame) => match frame.kind.as_deref() {
-                Some("trade") => {
-                    for raw in frame.data.unwrap_or_default() {
-                        let key = serde_json::from_str::<KeyView<'_>>(raw.get()).ok().and_then(|k| k.s);
-                        send(key.as_deref().map(str::as_bytes), raw.get().as_bytes())?;
-                    }
+        match Frame::parse(text.as_str()) {
+            Frame::Malformed => send(None, text.as_bytes())?,
+            Frame::Trades(data) => {
+                for raw in data {
+                    let key = trade_key(raw);
+                    send(key.as_deref().map(str::as_bytes), raw.get().as_bytes())?;
                 }
-                Some("ping") => pings += 1,
-                Some("error") => {
-                    return Err(IngestError::Server(frame.msg.as_deref().unwrap_or("(no message)").to_owned()));
-                }
-                _ => tracing::debug!(frame = %text.as_str(), "ignoring frame"),
-            },
+            }
+            Frame::Ping => pings += 1,
+            Frame::Error(msg) => return Err(IngestError::Server(msg.into_owned())),
+            Frame::Other => tracing::debug!(frame = %text.as_str(), "ignoring frame"),
         }
         producer.poll(Duration::ZERO);
     }

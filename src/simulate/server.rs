@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -16,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::market::{Frame, Market, MarketConfig};
+use crate::finnhub::{self, END_OF_STREAM, PING, Request};
 
 /// How the server behaves.
 #[derive(Clone, Debug)]
@@ -48,41 +48,12 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Reads a capture: one `{"t":…,"frame":"…"}` object a line.
+    /// Reads a capture ([`finnhub::read_capture`]).
     pub fn load(path: &std::path::Path, speed: Option<f64>) -> std::io::Result<Replay> {
-        #[derive(Deserialize)]
-        struct Line {
-            t: i64,
-            frame: String,
-        }
         let text = std::fs::read_to_string(path)?;
-        let frames = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str::<Line>(l)
-                    .map(|l| (l.t, l.frame))
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {}: {e}", i + 1)))
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
+        let frames =
+            finnhub::read_capture(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         Ok(Replay { frames: Arc::new(frames), speed })
-    }
-}
-
-/// How many Kafka records ingest makes of a frame: its trades, one for a frame that is not
-/// JSON, none for pings and other control frames.
-fn records_in(text: &str) -> usize {
-    #[derive(Deserialize)]
-    struct View {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        data: Option<Vec<serde::de::IgnoredAny>>,
-    }
-    match serde_json::from_str::<View>(text) {
-        Ok(View { kind: Some(k), data }) if k == "trade" => data.map_or(0, |d| d.len()),
-        Ok(_) => 0,
-        Err(_) => 1,
     }
 }
 
@@ -97,21 +68,13 @@ pub struct Faults {
     pub stall_for: Duration,
     /// Send an error frame (and close) once a connection has carried this many records.
     pub error_after: Option<u64>,
+    /// Send every this many trade frames of a connection twice, byte for byte (Finnhub has
+    /// been seen repeating frames); the copies do not count towards `total`.
+    pub duplicate_every: Option<u64>,
 }
-
-/// Close reason of the final close after `total` records: the one close a client should not
-/// reconnect after. (Finnhub itself never ends a stream.)
-pub const END_OF_STREAM: &str = "end of stream";
 
 /// The error the simulator sends for `error_after`, worded like Finnhub's.
 pub const ERROR_MESSAGE: &str = "Subscribing to too many symbols";
-
-#[derive(Deserialize)]
-struct Request {
-    #[serde(rename = "type")]
-    kind: String,
-    symbol: Option<String>,
-}
 
 /// Subscriptions of one connection, written by its reader and read by its writer.
 struct Subscriptions {
@@ -228,7 +191,7 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
                 let Ok(mut cursor) = server.cursor.lock() else { break Ending::Error };
                 let Some((t, text)) = replay.frames.get(*cursor) else { break Ending::Complete };
                 *cursor += 1;
-                Some((Some(*t), Frame { records: records_in(text), text: text.clone() }))
+                Some((Some(*t), Frame { records: finnhub::Frame::parse(text).records(), text: text.clone() }))
             }
             None => match server.market.lock() {
                 Ok(mut market) => market.next_frame(&flags, budget).map(|f| (None, f)),
@@ -255,15 +218,18 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
         sent += frame.records as u64;
         server.sent.fetch_add(frame.records as u64, Ordering::AcqRel);
         frames += 1;
-        if let Some(log) = &cfg.sent {
-            if let Ok(mut log) = log.lock() {
-                log.push(frame.text.clone());
+        let copies = if cfg.faults.duplicate_every.is_some_and(|n| frames % n.max(1) == 0) { 2 } else { 1 };
+        for _ in 0..copies {
+            if let Some(log) = &cfg.sent {
+                if let Ok(mut log) = log.lock() {
+                    log.push(frame.text.clone());
+                }
             }
+            tx.feed(Message::text(frame.text.clone())).await?;
         }
-        tx.feed(Message::text(frame.text)).await?;
         if last_ping.elapsed() >= cfg.ping_every {
             last_ping = Instant::now();
-            tx.feed(Message::text(r#"{"type":"ping"}"#)).await?;
+            tx.feed(Message::text(PING)).await?;
         }
         // Flush in groups when running flat out; every frame when paced.
         if cfg.rate.is_some() || frames % 64 == 0 {
@@ -276,7 +242,7 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
         Ending::Complete => tx.send(close(END_OF_STREAM)).await?,
         Ending::Disconnect => tx.send(close("reconnect")).await?,
         Ending::Error => {
-            tx.send(Message::text(serde_json::json!({"type": "error", "msg": ERROR_MESSAGE}).to_string())).await?;
+            tx.send(Message::text(finnhub::error_frame(ERROR_MESSAGE))).await?;
             tx.send(close("error")).await?;
         }
         Ending::ClientGone => {}
@@ -288,15 +254,11 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
 
 fn apply(subs: &Subscriptions, msg: &Message) {
     let Message::Text(text) = msg else { return };
-    let Ok(req) = serde_json::from_str::<Request>(text.as_str()) else {
-        return;
+    let (symbol, on) = match Request::parse(text.as_str()) {
+        Some(Request::Subscribe(symbol)) => (symbol, true),
+        Some(Request::Unsubscribe(symbol)) => (symbol, false),
+        None => return,
     };
-    let on = match req.kind.as_str() {
-        "subscribe" => true,
-        "unsubscribe" => false,
-        _ => return,
-    };
-    let Some(symbol) = req.symbol else { return };
     // Finnhub accepts unknown symbols silently; so does the simulator.
     if let Some(&i) = subs.index.get(&symbol) {
         if let Ok(mut flags) = subs.flags.lock() {
