@@ -154,17 +154,17 @@ impl IcebergTables {
     /// and refusing an existing table whose schema differs from what this build writes.
     pub async fn open(lake: &Lake, catalog: &IcebergCatalog, tables: &[Table]) -> Result<Self, IcebergError> {
         let opened = Self::connect(lake, catalog).await?;
-        let (catalog, namespace, root) = (&opened.catalog, &opened.namespace, &opened.root);
+        let (catalog, namespace) = (&opened.catalog, &opened.namespace);
         for table in tables {
-            let name = table.name();
-            let ident = TableIdent::new(namespace.clone(), name.clone());
+            let (name, location) = (table.name(), opened.location(table));
+            let ident = opened.ident(table);
             let want = schema::iceberg_schema(table)?;
             let existing = if catalog.table_exists(&ident).await? {
                 catalog.load_table(&ident).await?
             } else {
                 let creation = TableCreation::builder()
                     .name(name.clone())
-                    .location(format!("{root}/{name}"))
+                    .location(location.clone())
                     .schema(want.clone())
                     .partition_spec(schema::partition_spec(table, &want)?)
                     .properties(schema::table_properties())
@@ -173,8 +173,7 @@ impl IcebergTables {
             };
             schema::check_compatible(existing.metadata().current_schema(), &want)
                 .map_err(|reason| IcebergError::Incompatible { table: name.clone(), reason })?;
-            let location = format!("{root}/{name}");
-            if existing.metadata().location().trim_end_matches('/') != location {
+            if !opened.stored_here(&existing, table) {
                 let reason = format!("is stored at {}, not in this lake ({location})", existing.metadata().location());
                 return Err(IcebergError::Foreign { table: name, reason });
             }
@@ -192,7 +191,7 @@ impl IcebergTables {
                 continue;
             }
             let loaded = self.catalog.load_table(&ident).await?;
-            if loaded.metadata().location().trim_end_matches('/') == format!("{}/{}", self.root, table.name()) {
+            if self.stored_here(&loaded, table) {
                 self.catalog.drop_table(&ident).await?;
                 dropped += 1;
             }
@@ -356,6 +355,16 @@ impl IcebergTables {
     /// The catalog, for readers and maintenance.
     pub fn catalog(&self) -> &Arc<dyn Catalog> {
         &self.catalog
+    }
+
+    /// Where `table` lives in the lake: `<lake URL>/<name>`.
+    fn location(&self, table: &Table) -> String {
+        format!("{}/{}", self.root, table.name())
+    }
+
+    /// Whether the catalog's `loaded` table is `table` of this lake, at its location.
+    fn stored_here(&self, loaded: &iceberg::table::Table, table: &Table) -> bool {
+        loaded.metadata().location().trim_end_matches('/') == self.location(table)
     }
 
     /// The identifier of `table`.
