@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dataflows::bars::{BarsConfig, Tick, bars};
 use dataflows::build_pipeline;
+use dataflows::gap::GapTick;
 use dataflows::memlog::{MemLog, MemRecord, MemSource};
 use dataflows::source::SourceConfig;
 use dataflows::{Time, Trade};
@@ -95,7 +96,11 @@ fn aggregate(c: &mut Criterion) {
             let (ticks, cfg) = (Arc::clone(&ticks), cfg.clone());
             timely::execute_directly(move |worker| {
                 let mut input = InputHandle::<Time, CapacityContainerBuilder<Vec<Tick>>>::new();
-                let probe = worker.dataflow(|scope| bars(scope.input_from(&mut input), cfg).probe().0);
+                // No gaps: the feed was never down (their input closed at once).
+                let mut gaps = InputHandle::<Time, CapacityContainerBuilder<Vec<GapTick>>>::new();
+                let probe = worker
+                    .dataflow(|scope| bars(scope.input_from(&mut input), scope.input_from(&mut gaps), cfg).probe().0);
+                gaps.close();
                 for tick in ticks.iter() {
                     let window = (tick.ts as u64 / 60_000) * 60_000;
                     if window > *input.time() {
@@ -173,7 +178,7 @@ fn dataflow(c: &mut Criterion) {
     let partitions = 8;
     let mut log = MemLog { partitions: vec![Vec::new(); partitions] };
     for (i, p) in payloads(400_000).into_iter().enumerate() {
-        log.partitions[i % partitions].push(MemRecord { timestamp: None, payload: Some(p) });
+        log.partitions[i % partitions].push(MemRecord { kind: None, timestamp: None, payload: Some(p) });
     }
     let log = Arc::new(log);
     // The same bars whatever the worker count, or the figures would not compare like with like.

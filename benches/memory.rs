@@ -1,7 +1,9 @@
 //! Memory of the dataflow's state as the input grows with the symbol set fixed: the same
-//! seeded stream of 1M and 10M trades over 10,000 symbols (with disorder and late trades)
-//! through source → clean → bars (1m, 5m, 1h; 1h revision horizon), on two workers. Each size
-//! runs in a child process so its peak RSS (VmHWM) is its own. Prints figures; asserts nothing.
+//! seeded stream of 1M and 10M trades over 10,000 symbols (with disorder, late trades, and a
+//! feed gap record every 1,000 records reaching up to 10 minutes back) through source →
+//! clean → bars (1m, 5m, 1h; 1h revision horizon) joined with the gaps, on two workers. Each
+//! size runs in a child process so its peak RSS (VmHWM) is its own. Prints figures; asserts
+//! nothing.
 //!
 //! `cargo bench --bench memory` (add `-- --test` for a quick 20k/200k run).
 
@@ -11,6 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use dataflows::bars::BarsConfig;
+use dataflows::gap::GAP_KIND;
 use dataflows::source::SourceConfig;
 use dataflows::{RawRecord, RecordSource, SourcePoll, build_pipeline};
 use timely::dataflow::operators::Probe;
@@ -51,6 +54,21 @@ impl RecordSource for Synthetic {
             }
             let symbol = self.rng.u64(..SYMBOLS / 2) * 2 + self.partition as u64 % 2;
             self.buf.clear();
+            if self.next % 1_000 == 999 {
+                // What ingest writes after losing the feed: the symbol's gap, keyed with it.
+                let to = START_MS + (self.next * 10) as i64;
+                let from = to - self.rng.i64(1_000..600_000);
+                let _ = write!(self.buf, r#"{{"s":"S{symbol}","from":{from},"to":{to},"reason":"stale","host":"h"}}"#);
+                each(RawRecord {
+                    partition: self.partition,
+                    offset: self.next as i64,
+                    timestamp: Some(to),
+                    payload: Some(&self.buf),
+                    kind: Some(GAP_KIND),
+                });
+                self.next += 1;
+                continue;
+            }
             let _ = write!(
                 self.buf,
                 r#"{{"s":"S{symbol}","p":{}.{},"t":{t},"v":{}}}"#,
@@ -63,6 +81,7 @@ impl RecordSource for Synthetic {
                 offset: self.next as i64,
                 timestamp: Some(t),
                 payload: Some(&self.buf),
+                kind: None,
             });
             self.next += 1;
         }
@@ -113,7 +132,9 @@ fn main() {
     // is the quick run that keeps the bench working.
     let full = std::env::args().any(|a| a == "--bench") && !std::env::args().any(|a| a == "--test");
     let sizes: [u64; 2] = if full { [1_000_000, 10_000_000] } else { [20_000, 200_000] };
-    println!("dataflow state vs input size ({SYMBOLS} symbols, 2 workers, bars 1m/5m/1h, horizon 1h)");
+    println!(
+        "dataflow state vs input size ({SYMBOLS} symbols, 2 workers, bars 1m/5m/1h, horizon 1h, a gap per 1,000 records)"
+    );
     let mut base = None;
     for n in sizes {
         let Ok(exe) = std::env::current_exe() else { return };

@@ -15,6 +15,7 @@ use crate::job::{ClusterConfig, JobConfig};
 use crate::kafka::{KafkaConfig, parse_property};
 use crate::lake::writer::WriterConfig;
 use crate::lake::{LakeOptions, TableFormat};
+use crate::simulate::Outage;
 use crate::sink::SinkConfig;
 use crate::source::ReadConfig;
 
@@ -350,7 +351,7 @@ pub struct JobArgs {
     /// How often each table's files are published, as TABLE=INTERVAL pairs, each a multiple of
     /// --commit-interval (e.g. trades=1h,quarantine=1h,bars=1m). A table's file stays open
     /// until its interval ends, so each closed interval has one file per worker. Default:
-    /// trades and quarantine hourly, bars at every commit.
+    /// trades and quarantine hourly, bars at every commit. Gaps are published with quarantine.
     #[arg(long, value_parser = parse_publish)]
     pub publish: Option<Publish>,
     /// Rows per Parquet file before it is rolled.
@@ -504,6 +505,15 @@ pub struct DemoArgs {
     /// catalog in the lake). The demo replaces its tables there.
     #[arg(long, value_parser = IcebergCatalog::parse, requires = "table_format")]
     pub catalog: Option<IcebergCatalog>,
+    /// Feed outages of the simulated market, `AT:LENGTH` as `simulate --outage` (default: one
+    /// of 3 minutes at half the run; `--outage none` for none): the gaps table and the bars'
+    /// gap_ms show them.
+    #[arg(long, value_parser = parse_demo_outage)]
+    pub outage: Vec<Option<Outage>>,
+}
+
+fn parse_demo_outage(s: &str) -> Result<Option<Outage>, String> {
+    if s == "none" { Ok(None) } else { parse_outage(s).map(Some) }
 }
 
 /// Flags of `stockflow simulate`.
@@ -557,6 +567,22 @@ pub struct SimulateArgs {
     /// Fault: send every this many trade frames of a connection twice, byte for byte.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub duplicate_every: Option<u64>,
+    /// Fault: a feed outage `AT:LENGTH` (e.g. `5000:20s`, repeatable): once AT records have
+    /// been sent, every connection is closed, the next reconnect is refused (HTTP 503), and
+    /// LENGTH of market time passes unsent, as trades during a real outage are never received.
+    #[arg(long, value_parser = parse_outage)]
+    pub outage: Vec<Outage>,
+}
+
+/// `AT:LENGTH` of `simulate --outage`.
+pub fn parse_outage(s: &str) -> Result<Outage, String> {
+    let (at, length) = s.split_once(':').ok_or_else(|| format!("{s}: expected AT:LENGTH, e.g. 5000:20s"))?;
+    let at = at.trim().parse::<u64>().map_err(|e| format!("{s}: AT: {e}"))?;
+    let length = parse_duration(length.trim())?;
+    if length.is_zero() {
+        return Err(format!("{s}: LENGTH must be positive"));
+    }
+    Ok(Outage { at, length })
 }
 
 /// Flags of `stockflow ingest`.
@@ -593,6 +619,9 @@ pub struct IngestArgs {
     /// always forwarded: repeated prints are genuine).
     #[arg(long)]
     pub drop_duplicate_frames: bool,
+    /// Name of this ingest in its gap records (default: the machine's host name).
+    #[arg(long)]
+    pub ingest_host: Option<String>,
     /// Interval of the `ingest progress` log event (frames, records, delivered, failures,
     /// reconnects, queue depth).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

@@ -20,7 +20,7 @@ use crate::job::{self, ClusterConfig, JobConfig};
 use crate::kafka::KafkaConfig;
 use crate::lake::writer::WriterConfig;
 use crate::lake::{Lake, Table, TableFormat, read};
-use crate::simulate::{MarketConfig, SimulateConfig, universe};
+use crate::simulate::{Faults, MarketConfig, Outage, SimulateConfig, universe};
 use crate::sink::SinkConfig;
 use crate::source::StopAt;
 
@@ -36,6 +36,10 @@ pub struct DemoSummary {
     pub trades: u64,
     /// Rows in `quarantine`, by reason.
     pub quarantined: BTreeMap<String, u64>,
+    /// Rows in `gaps`.
+    pub gaps: u64,
+    /// Bars (latest revisions) a gap overlaps.
+    pub flagged_bars: u64,
     /// Late trades.
     pub late: u64,
     /// Bars in `bars_1m` (latest revisions).
@@ -117,7 +121,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         rate: None,
         total: Some(args.trades),
         ping_every: Duration::from_secs(5),
-        faults: Default::default(),
+        faults: Faults { outages: demo_outages(args), ..Default::default() },
         sent: None,
         replay: None,
     };
@@ -183,8 +187,16 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
-/// Reads the lake back and checks that every record of the topic is in `trades` or
-/// `quarantine` exactly once.
+/// The demo's outages: as asked, or one of 3 minutes of market time at half the run.
+fn demo_outages(args: &DemoArgs) -> Vec<Outage> {
+    if args.outage.is_empty() {
+        return vec![Outage { at: args.trades / 2, length: Duration::from_secs(180) }];
+    }
+    args.outage.iter().flatten().copied().collect()
+}
+
+/// Reads the lake back and checks that every record of the topic is in `trades`,
+/// `quarantine` or `gaps` exactly once.
 pub async fn verify(
     lake: &Lake,
     iceberg: Option<&IcebergTables>,
@@ -194,6 +206,7 @@ pub async fn verify(
 ) -> anyhow::Result<DemoSummary> {
     let trades = read::rows(lake, &Table::Trades, iceberg).await?;
     let quarantine = read::rows(lake, &Table::Quarantine, iceberg).await?;
+    let gaps = read::rows(lake, &Table::Gaps, iceberg).await?;
     let rows = read::bars(&read::rows(lake, &Table::Bars(window_ms), iceberg).await?)?;
     let revisions = rows.iter().filter(|b| b.revision > 0).count() as u64;
     let tagged: Vec<(u8, Bar)> = rows.into_iter().map(|b| (0, b)).collect();
@@ -202,7 +215,8 @@ pub async fn verify(
     let mut seen: HashMap<i32, Vec<u8>> =
         watermarks.iter().map(|(p, (lo, hi))| (*p, vec![0u8; (hi - lo).max(0) as usize])).collect();
     let mut outside = 0u64;
-    for (p, o) in read::positions(&trades)?.into_iter().chain(read::positions(&quarantine)?) {
+    let records = [&trades, &quarantine, &gaps].into_iter().map(|t| read::positions(t));
+    for (p, o) in records.collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
         match (seen.get_mut(&p), watermarks.get(&p)) {
             (Some(marks), Some((lo, _))) if o >= *lo && ((o - lo) as usize) < marks.len() => {
                 let m = &mut marks[(o - lo) as usize];
@@ -241,6 +255,8 @@ pub async fn verify(
         trades: trades.iter().map(|b| b.num_rows() as u64).sum(),
         quarantined,
         late: read::late_count(&trades)?,
+        gaps: gaps.iter().map(|b| b.num_rows() as u64).sum(),
+        flagged_bars: bars.iter().filter(|b| b.gap_ms > 0).count() as u64,
         bars: bars.len() as u64,
         revisions,
         bar_symbols: volume_by_symbol.len(),
@@ -253,15 +269,18 @@ pub async fn verify(
 pub fn print(summary: &DemoSummary, lake: &Path) {
     let quarantined: u64 = summary.quarantined.values().sum();
     println!(
-        "stockflow demo: {} records produced, {} trades + {} quarantined landed exactly once ({} late); \
-         {} bars ({} revisions) over {} symbols; {} files, {:.1} MiB in {} commits; {:.0} records/s; {:.1}s",
+        "stockflow demo: {} records produced, {} trades + {} quarantined + {} gap records landed exactly once \
+         ({} late); {} bars ({} revisions) over {} symbols, {} of them overlapping a feed gap; {} files, {:.1} MiB \
+         in {} commits; {:.0} records/s; {:.1}s",
         summary.produced,
         summary.trades,
         quarantined,
+        summary.gaps,
         summary.late,
         summary.bars,
         summary.revisions,
         summary.bar_symbols,
+        summary.flagged_bars,
         summary.files,
         summary.bytes as f64 / (1024.0 * 1024.0),
         summary.commits,

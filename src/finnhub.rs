@@ -64,15 +64,37 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// The Kafka key of a trade object: its symbol (`s`), so one symbol's trades stay in order on
-/// one partition; `None` when the object has no string `s` (the job quarantines it).
-pub fn trade_key<'a>(trade: &'a RawValue) -> Option<Cow<'a, str>> {
+/// What ingest reads of a trade object besides forwarding it: its symbol and event time.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TradeHead<'a> {
+    /// `s`: the Kafka key, so one symbol's trades stay in order on one partition; `None`
+    /// when the object has no string `s` (the job quarantines it).
+    pub symbol: Option<Cow<'a, str>>,
+    /// `t`, when it is an integer: the feed's event time, which places gaps.
+    pub t: Option<i64>,
+}
+
+/// Reads a trade object's [`TradeHead`]; fields of the wrong type read as absent.
+pub fn trade_head<'a>(trade: &'a RawValue) -> TradeHead<'a> {
     #[derive(Deserialize)]
-    struct Key<'a> {
+    struct Head<'a> {
         #[serde(borrow)]
-        s: Option<Cow<'a, str>>,
+        s: Option<&'a RawValue>,
+        #[serde(borrow)]
+        t: Option<&'a RawValue>,
     }
-    serde_json::from_str::<Key<'a>>(trade.get()).ok().and_then(|k| k.s)
+    let Ok(head) = serde_json::from_str::<Head<'a>>(trade.get()) else { return TradeHead::default() };
+    TradeHead {
+        // Borrowed unless the symbol carries escapes.
+        symbol: head.s.and_then(|s| {
+            let raw = s.get();
+            serde_json::from_str::<&'a str>(raw)
+                .map(Cow::Borrowed)
+                .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
+                .ok()
+        }),
+        t: head.t.and_then(|t| serde_json::from_str::<i64>(t.get()).ok()),
+    }
 }
 
 /// The error frame a server sends before closing.
@@ -150,8 +172,9 @@ mod tests {
         let trades = r#"{"data":[{"p":1.5,"s":"AAPL","t":1,"v":2},{"p":2,"t":2,"v":1}],"type":"trade"}"#;
         let Frame::Trades(data) = Frame::parse(trades) else { panic!("a trade frame") };
         assert_eq!(data.len(), 2);
-        assert_eq!(trade_key(data[0]).as_deref(), Some("AAPL"));
-        assert_eq!(trade_key(data[1]), None, "no symbol, no key");
+        let head = trade_head(data[0]);
+        assert_eq!((head.symbol.as_deref(), head.t), (Some("AAPL"), Some(1)));
+        assert_eq!(trade_head(data[1]).symbol, None, "no symbol, no key");
         assert_eq!(Frame::parse(trades).records(), 2);
         assert!(matches!(Frame::parse(PING), Frame::Ping));
         assert!(matches!(Frame::parse(&error_frame("no")), Frame::Error(msg) if msg == "no"));

@@ -26,7 +26,7 @@ use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::lake::writer::WriteStats;
 use crate::lake::{Lake, LakeError, LakeOptions, Table, TableFormat};
 use crate::metrics::JobMetrics;
-use crate::sink::{LakeWriter, SinkConfig, lake_sink};
+use crate::sink::{LakeWriter, SinkConfig, SinkInputs, lake_sink};
 use crate::source::discover::{self, TopicPartitions};
 use crate::source::{KafkaSource, ReadConfig, SourceError, StopAt};
 
@@ -454,8 +454,8 @@ fn run_worker(
             ..Default::default()
         };
         let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
-        let (sink_error, staged) =
-            lake_sink(out.trades, out.quarantine, out.bars, Rc::clone(&writer), &cfg.sink, committed);
+        let inputs = SinkInputs { trades: out.trades, quarantine: out.quarantine, gaps: out.gaps, bars: out.bars };
+        let (sink_error, staged) = lake_sink(inputs, Rc::clone(&writer), &cfg.sink, committed);
         let committer_cfg = CommitterConfig {
             epochs: cfg.sink.epochs,
             partitions,

@@ -332,6 +332,7 @@ fn simulate_config(args: &SimulateArgs) -> anyhow::Result<SimulateConfig> {
             stall_for: args.stall_for,
             error_after: args.error_after,
             duplicate_every: args.duplicate_every,
+            outages: args.outage.clone(),
         },
         sent: None,
         replay: match &args.replay {
@@ -433,14 +434,16 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<()> {
         stats_every: args.stats_every,
         duplicate_window: args.duplicate_window,
         drop_duplicate_frames: args.drop_duplicate_frames,
+        host: args.ingest_host.clone().unwrap_or_else(ingest::host_name),
         metrics,
         ..ingest::IngestConfig::new(url, symbols, args.kafka.config())
     };
     let rt = runtime()?;
     let stats = rt.block_on(ingest::run(cfg))?;
     println!(
-        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings, {} reconnects, {} duplicate frames",
-        stats.frames, stats.records, stats.delivered, stats.pings, stats.reconnects, stats.duplicate_frames
+        "stockflow ingest done: {} frames, {} records, {} delivered, {} pings, {} reconnects, {} duplicate frames, \
+         {} gaps",
+        stats.frames, stats.records, stats.delivered, stats.pings, stats.reconnects, stats.duplicate_frames, stats.gaps
     );
     Ok(())
 }

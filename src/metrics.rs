@@ -38,6 +38,11 @@ pub struct JobMetrics {
     pub bars: Family<Label, Counter>,
     /// Bar rows that revise an earlier version of their bar.
     pub revisions: Counter,
+    /// Rows written to `gaps`.
+    pub gap_rows: Counter,
+    /// Gaps that arrived beyond the revision horizon of every bar they overlap (stored, flag
+    /// nothing).
+    pub gaps_beyond_horizon: Counter,
     /// Parquet files stored (staged for their commit), by table.
     pub files: Family<Label, Counter>,
     /// Bytes of those files, by table.
@@ -71,6 +76,8 @@ impl Default for JobMetrics {
             late: Counter::default(),
             bars: Family::default(),
             revisions: Counter::default(),
+            gap_rows: Counter::default(),
+            gaps_beyond_horizon: Counter::default(),
             files: Family::default(),
             bytes: Family::default(),
             commits: Counter::default(),
@@ -97,6 +104,12 @@ impl JobMetrics {
         r.register("late_trades", "Late trades written", self.late.clone());
         r.register("bars", "Bar rows written, by table", self.bars.clone());
         r.register("bar_revisions", "Bar rows revising an earlier version of their bar", self.revisions.clone());
+        r.register("gaps", "Rows written to the gaps table", self.gap_rows.clone());
+        r.register(
+            "gaps_beyond_horizon",
+            "Gaps that arrived beyond the revision horizon of every bar they overlap (stored, flag nothing)",
+            self.gaps_beyond_horizon.clone(),
+        );
         r.register("files_written", "Parquet files stored for commit, by table", self.files.clone());
         r.register("bytes_written", "Bytes of Parquet stored for commit, by table", self.bytes.clone());
         r.register("commits", "Commits written", self.commits.clone());
@@ -129,6 +142,12 @@ impl JobMetrics {
     /// Counts a quarantined row.
     pub fn quarantine(&self, reason: &str, n: u64) {
         self.quarantined.get_or_create(&label("reason", reason)).inc_by(n);
+    }
+
+    /// Counts gap rows, `beyond` of them beyond the revision horizon.
+    pub fn gaps(&self, rows: u64, beyond: u64) {
+        self.gap_rows.inc_by(rows);
+        self.gaps_beyond_horizon.inc_by(beyond);
     }
 
     /// Counts bar rows of `table`.
@@ -193,6 +212,8 @@ pub struct IngestMetrics {
     pub reconnects: Counter,
     /// Trade frames repeated byte for byte on their connection within the duplicate window.
     pub duplicate_frames: Counter,
+    /// Intervals the feed was not received, each written as one gap record per symbol.
+    pub gaps: Counter,
     /// Records waiting between the websocket and the producer.
     pub queue_depth: Gauge,
 }
@@ -210,6 +231,11 @@ impl IngestMetrics {
             "duplicate_frames",
             "Trade frames repeated byte for byte on their connection within the duplicate window",
             self.duplicate_frames.clone(),
+        );
+        r.register(
+            "gaps",
+            "Intervals the feed was not received (one gap record per subscribed symbol each)",
+            self.gaps.clone(),
         );
         r.register("queue_depth", "Records waiting for the producer", self.queue_depth.clone());
     }

@@ -1,6 +1,6 @@
 //! `stockflow status`: what a lake holds and how fresh it is, from its commit log and its
 //! folders — the last commit and its age, where each partition resumes, files and bytes per
-//! recent hour partition, and quarantine by reason.
+//! recent hour partition, quarantine by reason, and the feed gaps recorded.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::commit::{self, CommitError};
 use crate::iceberg::IcebergTables;
-use crate::lake::read::{list_files, reasons, rows};
+use crate::lake::read::{gaps, list_files, reasons, rows};
 use crate::lake::{Lake, LakeError, Table};
 
 /// Errors of `stockflow status`.
@@ -36,6 +36,21 @@ pub struct Status {
     pub tables: Vec<TableStatus>,
     /// Quarantined records by reason.
     pub quarantine_by_reason: BTreeMap<String, u64>,
+    /// Feed gaps recorded.
+    pub gaps: GapStatus,
+}
+
+/// What the `gaps` table holds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct GapStatus {
+    /// Gap rows (one per symbol per interval).
+    pub rows: u64,
+    /// Of those, the ones that arrived too late to flag any bar.
+    pub beyond_horizon: u64,
+    /// Symbols with a gap.
+    pub symbols: u64,
+    /// End of the newest gap, RFC 3339.
+    pub newest_end_utc: Option<String>,
 }
 
 /// The newest commit.
@@ -93,7 +108,7 @@ pub async fn status(lake: &Lake, iceberg: Option<&IcebergTables>) -> Result<Stat
         let point = (!r.is_final()).then_some(r.commit);
         LastCommit {
             point,
-            point_utc: point.and_then(|p| DateTime::from_timestamp_millis(p as i64)).map(|t| t.to_rfc3339()),
+            point_utc: point.and_then(|p| utc(p as i64)),
             age_seconds: committed.map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0),
             committed_at: r.committed_at.clone(),
             is_final: r.is_final(),
@@ -145,12 +160,24 @@ pub async fn status(lake: &Lake, iceberg: Option<&IcebergTables>) -> Result<Stat
     for reason in reasons(&rows(lake, &Table::Quarantine, iceberg).await?)? {
         *quarantine_by_reason.entry(reason).or_default() += 1;
     }
-    Ok(Status { lake: lake.location.clone(), commits, last_commit, tables: out, quarantine_by_reason })
+    let gap_rows = gaps(&rows(lake, &Table::Gaps, iceberg).await?)?;
+    let gaps = GapStatus {
+        rows: gap_rows.len() as u64,
+        beyond_horizon: gap_rows.iter().filter(|g| g.beyond_horizon).count() as u64,
+        symbols: gap_rows.iter().map(|g| g.body.s.as_str()).collect::<HashSet<_>>().len() as u64,
+        newest_end_utc: gap_rows.iter().map(|g| g.body.to).max().and_then(utc),
+    };
+    Ok(Status { lake: lake.location.clone(), commits, last_commit, tables: out, quarantine_by_reason, gaps })
 }
 
 /// Bar widths from the newest commit's settings (the job's `--bars`); `1m` for an empty lake.
 async fn last_commit_widths(lake: &Lake) -> Result<Vec<u64>, StatusError> {
     Ok(commit::newest_commit(lake).await?.1.map_or_else(|| vec![60_000], |r| r.settings.bar_widths_ms))
+}
+
+/// `ms` since the epoch as RFC 3339.
+fn utc(ms: i64) -> Option<String> {
+    DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
 }
 
 /// The status as text for a terminal.
@@ -183,5 +210,13 @@ pub fn render(s: &Status) -> String {
     }
     let reasons: Vec<String> = s.quarantine_by_reason.iter().map(|(r, n)| format!("{r}={n}")).collect();
     out.push_str(&format!("quarantine {}\n", if reasons.is_empty() { "empty".into() } else { reasons.join(" ") }));
+    let g = &s.gaps;
+    match &g.newest_end_utc {
+        None => out.push_str("gaps none\n"),
+        Some(end) => out.push_str(&format!(
+            "gaps {} over {} symbols ({} beyond the revision horizon), newest ending {end}\n",
+            g.rows, g.symbols, g.beyond_horizon
+        )),
+    }
     out
 }

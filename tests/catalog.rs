@@ -216,21 +216,23 @@ fn views_and_queries(f: &Fixture) {
     let out = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args(["sql", "--format", "csv", "--lake"])
         .arg(&f.lake)
-        .arg("SELECT symbol, window_start, revision, close FROM bars_1m_latest")
+        .arg("SELECT symbol, window_start, revision, close, gap_ms FROM bars_1m_latest")
         .output()
         .expect("sql");
     let text = String::from_utf8_lossy(&out.stdout);
-    let got: BTreeMap<(String, String), (u32, f64)> = text
+    let got: BTreeMap<(String, String), (u32, f64, u64)> = text
         .lines()
         .skip(1)
         .map(|l| {
             let v: Vec<&str> = l.split(',').collect();
-            ((v[0].to_owned(), v[1].to_owned()), (v[2].parse().expect("rev"), v[3].parse().expect("close")))
+            let (revision, close, gap_ms) = (v[2].parse(), v[3].parse(), v[4].parse());
+            ((v[0].to_owned(), v[1].to_owned()), (revision.expect("rev"), close.expect("close"), gap_ms.expect("gap")))
         })
         .collect();
-    let want: BTreeMap<(String, String), (u32, f64)> =
-        latest.iter().map(|((s, w), b)| ((s.clone(), iso(*w)), (b.revision, b.close))).collect();
+    let want: BTreeMap<(String, String), (u32, f64, u64)> =
+        latest.iter().map(|((s, w), b)| ((s.clone(), iso(*w)), (b.revision, b.close, b.gap_ms))).collect();
     assert_eq!(got, want, "bars_1m_latest");
+    assert!(latest.values().any(|b| b.gap_ms > 0), "the demo's outage flags bars");
 
     // queries/daily_ohlcv.sql
     let days = daily(&latest);
@@ -287,11 +289,47 @@ fn views_and_queries(f: &Fixture) {
     assert_eq!(got, conditions, "trade conditions");
 
     // queries/data_quality.sql
+    let gaps = read::gaps(&f.rows(Table::Gaps)).expect("gaps");
+    assert!(!gaps.is_empty(), "the demo has an outage");
+    let mut per_symbol_day: BTreeMap<(String, String), (u64, f64, u64, f64)> = BTreeMap::new();
+    for g in &gaps {
+        let e = per_symbol_day.entry((g.body.s.to_string(), day(g.body.from))).or_default();
+        e.0 += 1;
+        e.1 += (g.body.to - g.body.from) as f64 / 60_000.0;
+    }
+    for b in latest.values().filter(|b| b.gap_ms > 0) {
+        if let Some(e) = per_symbol_day.get_mut(&(b.symbol.to_string(), day(b.window_start))) {
+            e.2 += 1;
+            e.3 += b.gap_ms as f64 / 60_000.0;
+        }
+    }
+    let rows = f.sql("athena/queries/data_quality.sql");
+    assert_eq!(rows.len(), per_symbol_day.len());
+    for r in &rows {
+        let (gaps, minutes, flagged, flagged_minutes) = per_symbol_day[&(r["symbol"].clone(), r["day"].clone())];
+        assert_eq!((num(r, "gaps") as u64, num(r, "flagged_bars") as u64), (gaps, flagged), "{r:?}");
+        assert!((num(r, "gap_minutes") - minutes).abs() < 1e-3, "{r:?}");
+        assert!((num(r, "flagged_minutes") - flagged_minutes).abs() < 1e-3, "{r:?}");
+    }
+
+    // queries/gaps_of_day.sql
+    let last_gap_day = gaps.iter().map(|g| day(g.body.from)).max().expect("a gap");
+    let mut want: Vec<(String, String)> = gaps
+        .iter()
+        .filter(|g| day(g.body.from) == last_gap_day)
+        .map(|g| (iso(g.body.from), g.body.s.to_string()))
+        .collect();
+    want.sort();
+    let got: Vec<(String, String)> =
+        f.sql("athena/queries/gaps_of_day.sql").iter().map(|r| (r["gap_start"].clone(), r["symbol"].clone())).collect();
+    assert_eq!(got, want, "the latest day's gaps in time order");
+
+    // queries/quarantine_reasons.sql
     let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
     for r in &reasons {
         *by_reason.entry(r.clone()).or_default() += 1;
     }
-    let rows = f.sql("athena/queries/data_quality.sql");
+    let rows = f.sql("athena/queries/quarantine_reasons.sql");
     let got: BTreeMap<String, u64> = rows.iter().map(|r| (r["reason"].clone(), num(r, "records") as u64)).collect();
     assert_eq!(got, by_reason, "quarantine by reason");
     let total = (trades.len() + reasons.len()) as f64;
@@ -328,6 +366,8 @@ fn views_and_queries(f: &Fixture) {
     assert_eq!(got["trades"], (iso(newest_trade), trades.len() as u64));
     assert_eq!(got["bars_1m"], (iso(newest_bar), bars.len() as u64));
     assert_eq!(got["quarantine"].1, reasons.len() as u64);
+    let newest_gap = gaps.iter().map(|g| g.body.to).max().expect("gaps");
+    assert_eq!(got["gaps"], (iso(newest_gap), gaps.len() as u64));
 
     if f.format == TableFormat::Hive {
         // Glue inputs and projection describe the Hive layout only.
@@ -435,8 +475,11 @@ fn status_json(f: &Fixture) {
     assert_eq!(status["commits"], commits);
     let last = &status["last_commit"];
     assert_eq!(last["is_final"], true, "the demo drains");
-    let (trades, quarantine) = (f.rows(Table::Trades), f.rows(Table::Quarantine));
-    let records: usize = trades.iter().chain(&quarantine).map(|b| b.num_rows()).sum();
+    let (trades, quarantine, gaps) = (f.rows(Table::Trades), f.rows(Table::Quarantine), f.rows(Table::Gaps));
+    let records: usize = trades.iter().chain(&quarantine).chain(&gaps).map(|b| b.num_rows()).sum();
+    let gap_rows = read::gaps(&gaps).expect("gaps");
+    assert_eq!(status["gaps"]["rows"], gap_rows.len());
+    assert!(!gap_rows.is_empty() && status["gaps"]["symbols"].as_u64() > Some(0));
     // The demo's topic starts at offset 0: resume offsets of a drained lake add up to its records.
     let resumed: i64 =
         last["resume_offsets"].as_object().expect("offsets").values().map(|v| v.as_i64().expect("offset")).sum();

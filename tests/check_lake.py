@@ -2,7 +2,8 @@
 
 usage: check_lake.py LAKE EXPECTED_RECORDS
 Exits non-zero (with the reason) if a table does not open, a timestamp column does not read
-as a timestamp, or trades + quarantine does not hold exactly EXPECTED_RECORDS rows.
+as a timestamp, or trades + quarantine does not hold exactly EXPECTED_RECORDS rows (gap
+records are counted apart).
 """
 import sys
 
@@ -15,6 +16,7 @@ timestamps = {
     "trades": ["trade_ts", "ingest_ts"],
     "bars_1m": ["window_start", "window_end"],
     "quarantine": ["kafka_ts"],
+    "gaps": ["gap_start", "gap_end", "kafka_ts"],
 }
 counts = {}
 for table, columns in timestamps.items():
@@ -36,5 +38,6 @@ for table, columns in timestamps.items():
 
 assert counts["trades"] + counts["quarantine"] == expected, f"{counts} != {expected} records"
 assert counts["bars_1m"] > 0, "no bars"
+assert counts["gaps"] > 0, "no gaps: the demo's feed has an outage"
 symbols = con.execute(f"select count(distinct symbol) from read_parquet('{lake}/bars_1m/**/*.parquet')").fetchone()[0]
 print(f"ok: {counts}, bars for {symbols} symbols")

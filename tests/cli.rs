@@ -25,7 +25,8 @@ fn demo_lands_every_record_and_opens_in_pyarrow_and_duckdb() {
     let out = stockflow(&["demo", "--trades", "60000", "--symbols", "30", "--lake", lake.to_str().expect("utf8")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(produced(&stdout), 60_000);
+    // The trades, and a gap record per symbol for the demo's outage.
+    assert_eq!(produced(&stdout), 60_000 + 30);
     assert!(stdout.contains("landed exactly once"), "{stdout}");
 
     // The lake must open with the readers people use, without options.
@@ -59,7 +60,7 @@ fn demo_on_iceberg_tables_lands_every_record_through_the_catalog() {
         stockflow(&["demo", "--trades", "30000", "--symbols", "20", "--table-format", "iceberg", "--lake", lake_arg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(produced(&stdout), 30_000);
+    assert_eq!(produced(&stdout), 30_000 + 20);
     assert!(stdout.contains("landed exactly once"), "{stdout}");
     assert!(lake.join("_stockflow/catalog.sqlite").is_file(), "the default catalog");
     assert!(lake.join("trades/metadata").is_dir() && lake.join("trades/data").is_dir());
@@ -103,8 +104,9 @@ fn demo_tables_in_glue_are_registered_and_read_by_pyiceberg() {
         .lines()
         .filter_map(|l| l.split_once(' ').and_then(|(t, n)| Some((t.to_owned(), n.parse().ok()?))))
         .collect();
-    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), ["bars_1m", "quarantine", "trades"]);
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), ["bars_1m", "gaps", "quarantine", "trades"]);
     assert_eq!(counts["trades"] + counts["quarantine"], 12_000, "{counts:?}");
+    assert_eq!(counts["gaps"], 20, "one outage, a gap per symbol: {counts:?}");
     assert!(counts["bars_1m"] > 0, "{counts:?}");
 }
 

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use stockflow::iceberg::{IcebergCatalog, IcebergTables, POINT_PROPERTY};
 use stockflow::lake::{Lake, LakeOptions, STAGING, Table};
@@ -52,7 +53,9 @@ impl Drop for DevKafka {
 }
 
 /// A seeded stream of Finnhub trades per partition: event time moving forward with jitter,
-/// late trades (some beyond the lateness, a few beyond the revision horizon) and garbage.
+/// late trades (some beyond the lateness, a few beyond the revision horizon), garbage, and
+/// gap records as ingest writes them (some reaching back past written bars, a few beyond the
+/// horizon).
 struct Market {
     rng: fastrand::Rng,
     clock: Vec<i64>,
@@ -74,12 +77,24 @@ impl Market {
         self.clock.iter().copied().min().unwrap_or(BASE_MS)
     }
 
-    fn record(&mut self) -> (i32, String, Vec<u8>, i64) {
+    fn record(&mut self) -> (i32, String, Vec<u8>, i64, bool) {
         let rng = &mut self.rng;
         let p = rng.i32(0..PARTITIONS);
         let symbol = format!("S{}", p + PARTITIONS * rng.i32(0..5));
         let clock = &mut self.clock[p as usize];
         *clock += rng.i64(0..self.step);
+        if rng.u16(..250) == 0 {
+            let to = *clock - rng.i64(0..2_000);
+            let from = to - if rng.bool() { rng.i64(1..30_000) } else { rng.i64(60_000..900_000) };
+            let body = dataflows::gap::GapBody {
+                s: symbol.as_str().into(),
+                from,
+                to,
+                reason: "disconnect".into(),
+                host: "h".into(),
+            };
+            return (p, symbol, body.to_json(), *clock, true);
+        }
         let ts = match rng.u8(..100) {
             0..=2 => *clock - rng.i64(0..900_000),
             3..=9 => *clock - rng.i64(0..8_000),
@@ -91,13 +106,17 @@ impl Market {
             1 => format!(r#"{{"s":"{symbol}","p":0,"t":{ts},"v":1}}"#).into_bytes(),
             _ => format!(r#"{{"s":"{symbol}","p":{price},"t":{ts},"v":{},"c":["1"]}}"#, rng.u32(1..500)).into_bytes(),
         };
-        (p, symbol, payload, *clock)
+        (p, symbol, payload, *clock, false)
     }
 
     fn produce(&mut self, producer: &BaseProducer, n: usize) {
         for _ in 0..n {
-            let (p, key, payload, at) = self.record();
-            let record = BaseRecord::to("trades").partition(p).key(&key).payload(&payload).timestamp(at);
+            let (p, key, payload, at, gap) = self.record();
+            let mut record = BaseRecord::to("trades").partition(p).key(&key).payload(&payload).timestamp(at);
+            if gap {
+                let kind = Header { key: dataflows::gap::KIND_HEADER, value: Some(dataflows::gap::GAP_KIND) };
+                record = record.headers(OwnedHeaders::new().insert(kind));
+            }
             producer.send(record).map_err(|(e, _)| e).expect("send");
             producer.poll(Duration::ZERO);
         }
@@ -233,9 +252,10 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let got = rt.block_on(read_lake(&Lake::open(&crashed.to_string_lossy()).expect("lake"), &WIDTHS));
     let want = rt.block_on(read_lake(&Lake::open(&clean.to_string_lossy()).expect("lake"), &WIDTHS));
-    let records = want.trades.len() + want.quarantine.len();
+    let records = want.trades.len() + want.quarantine.len() + want.gaps.len();
     let missing = want.trades.keys().filter(|k| !got.trades.contains_key(k)).count()
-        + want.quarantine.keys().filter(|k| !got.quarantine.contains_key(k)).count();
+        + want.quarantine.keys().filter(|k| !got.quarantine.contains_key(k)).count()
+        + want.gaps.keys().filter(|k| !got.gaps.contains_key(k)).count();
     let (got_bars, want_bars) = (bar_rows(&got), bar_rows(&want));
     let bar_mismatches =
         got_bars.iter().zip(&want_bars).filter(|(a, b)| a != b).count() + got_bars.len().abs_diff(want_bars.len());
@@ -253,8 +273,10 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(missing, 0, "records lost after crashes");
     assert_eq!(got.trades, want.trades, "trades (late flags) differ");
     assert_eq!(got.quarantine, want.quarantine, "quarantine differs");
+    assert_eq!(got.gaps, want.gaps, "gaps differ");
     assert_eq!(bar_mismatches, 0, "bar rows differ from the clean run");
     assert!(want.bars.iter().any(|(_, b)| b.revision > 0), "the log revises bars");
+    assert!(want.bars.iter().any(|(_, b)| b.gap_ms > 0 && b.revision > 0), "late gaps revise written bars");
     assert!(terms >= 3, "graceful stops: {terms}");
     assert!(kills_after_a_commit >= 5, "too few kills landed after a commit: {kills_after_a_commit}");
     assert_eq!(staged_files(&crashed.join("_stockflow/staging")), 0, "uncommitted files left behind");
@@ -336,10 +358,11 @@ fn assert_same_lake(lake: &Lake, clean: &Lake, produced: usize) {
 
 /// `got` holds every one of the `produced` records once and the rows of `want`.
 fn assert_same_rows(got: &Landed, want: &Landed, produced: usize) {
-    assert_eq!(want.trades.len() + want.quarantine.len(), produced);
+    assert_eq!(want.trades.len() + want.quarantine.len() + want.gaps.len(), produced);
     assert_eq!(got.duplicates, 0, "records landed twice");
     assert_eq!(got.trades, want.trades, "trades differ from a clean run");
     assert_eq!(got.quarantine, want.quarantine, "quarantine differs from a clean run");
+    assert_eq!(got.gaps, want.gaps, "gaps differ from a clean run");
     let (got_bars, want_bars) = (bar_rows(got), bar_rows(want));
     let extra: Vec<&String> = got_bars.iter().filter(|r| want_bars.binary_search(r).is_err()).take(5).collect();
     let missing: Vec<&String> = want_bars.iter().filter(|r| got_bars.binary_search(r).is_err()).take(5).collect();

@@ -236,7 +236,7 @@ fn the_catalog_command_creates_the_tables_in_glue() {
         .output()
         .expect("catalog");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("4 iceberg tables at s3://created/lake in glue:"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 iceberg tables at s3://created/lake in glue:"));
     assert!(f.dir.path().join("glue/database.json").is_file());
     assert!(f.dir.path().join("athena/views/bars_1m_latest.sql").is_file());
     assert!(!f.dir.path().join("athena/ddl").exists(), "no Hive DDL for Iceberg tables");
@@ -249,7 +249,7 @@ fn the_catalog_command_creates_the_tables_in_glue() {
             .map(|t| t.name().to_owned())
             .collect();
     names.sort();
-    assert_eq!(names, ["bars_1m", "bars_5m", "quarantine", "trades"]);
+    assert_eq!(names, ["bars_1m", "bars_5m", "gaps", "quarantine", "trades"]);
     let trades = f.rt.block_on(tables.catalog().load_table(&tables.ident(&Table::Trades))).expect("trades");
     let ts = trades.metadata().current_schema().field_by_name("trade_ts").expect("trade_ts");
     assert_eq!(ts.field_type.to_string(), "timestamptz");

@@ -1,20 +1,22 @@
-//! Ingest under faults: the simulator drops connections, stalls and sends error frames, the
-//! broker goes down and comes back; every trade the simulator sent must reach Kafka exactly
-//! once, and an error frame must end ingest with its message.
+//! Ingest under faults: the simulator drops connections, stalls, sends error frames and goes
+//! down, the broker goes down and comes back; every trade the simulator sent must reach Kafka
+//! exactly once, every interval the feed was lost must be a gap record per symbol, and an
+//! error frame must end ingest with its message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::value::RawValue;
+use stockflow::finnhub::{Frame, trade_head};
 use stockflow::ingest::{self, IngestConfig, IngestError, IngestStats};
 use stockflow::kafka::KafkaConfig;
-use stockflow::simulate::{ERROR_MESSAGE, Faults, MarketConfig, SimulateConfig, serve, universe};
+use stockflow::simulate::{ERROR_MESSAGE, Faults, MarketConfig, Outage, SimulateConfig, serve, universe};
 
 mod common;
 
@@ -114,8 +116,23 @@ fn expected_records(frames: &[String]) -> HashMap<Vec<u8>, usize> {
     out
 }
 
-/// Every payload in the topic, as a multiset.
+/// Every payload in the topic but gap records, as a multiset.
 fn topic_records(kafka: &KafkaConfig, partitions: i32) -> HashMap<Vec<u8>, usize> {
+    topic(kafka, partitions).records
+}
+
+/// A topic read back.
+struct Topic {
+    /// Every payload but gap records, as a multiset.
+    records: HashMap<Vec<u8>, usize>,
+    /// Gap records: partition, key, body.
+    gaps: Vec<(i32, Vec<u8>, dataflows::gap::GapBody)>,
+    /// The partition of each key's other records.
+    partition_of: HashMap<Vec<u8>, i32>,
+}
+
+/// Reads the whole topic back.
+fn topic(kafka: &KafkaConfig, partitions: i32) -> Topic {
     let ends = kafka.watermarks(partitions).expect("watermarks");
     let total: i64 = ends.values().map(|(lo, hi)| hi - lo).sum();
     let consumer: BaseConsumer = kafka.client_config().set("group.id", "check").create().expect("consumer");
@@ -124,10 +141,29 @@ fn topic_records(kafka: &KafkaConfig, partitions: i32) -> HashMap<Vec<u8>, usize
         tpl.add_partition_offset(&kafka.topic, p, Offset::Beginning).expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut out = HashMap::new();
+    let mut out = Topic { records: HashMap::new(), gaps: Vec::new(), partition_of: HashMap::new() };
     for _ in 0..total {
         match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) => *out.entry(m.payload().unwrap_or_default().to_vec()).or_insert(0) += 1,
+            Some(Ok(m)) => {
+                let kind = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == dataflows::gap::KIND_HEADER)
+                        .map(|h| h.value.unwrap_or_default().to_vec())
+                });
+                match kind {
+                    Some(kind) => {
+                        assert_eq!(kind, dataflows::gap::GAP_KIND, "the only kind ingest writes");
+                        let body = dataflows::gap::parse_gap(m.payload(), None, 0).expect("a valid gap record");
+                        out.gaps.push((m.partition(), m.key().unwrap_or_default().to_vec(), body));
+                    }
+                    None => {
+                        *out.records.entry(m.payload().unwrap_or_default().to_vec()).or_insert(0) += 1;
+                        if let Some(key) = m.key() {
+                            out.partition_of.insert(key.to_vec(), m.partition());
+                        }
+                    }
+                }
+            }
             other => panic!("reading the topic back: {:?}", other.map(|r| r.map(|m| m.offset()))),
         }
     }
@@ -163,10 +199,15 @@ fn disconnects_and_stalls_lose_and_duplicate_nothing() {
     });
     let (result, frames) = finish(&rig, running);
     let stats = result.expect("ingest");
-    assert_eq!((stats.records, stats.delivered, stats.failed), (20_000, 20_000, 0));
+    assert_eq!((stats.records - stats.gap_records, stats.delivered, stats.failed), (20_000, stats.records, 0));
     // Six forced disconnects at least, plus the stalls detected as stale connections.
     assert!(stats.reconnects >= 6, "{stats:?}");
     assert_exactly_once(&rig, 3, &frames, 20_000);
+    // Each loss after the first trade is a gap unless the feed resumed where it stopped (the
+    // simulated market pauses while disconnected): one record per symbol for each.
+    assert!(stats.gaps <= stats.reconnects, "{stats:?}");
+    assert_eq!(stats.gap_records, stats.gaps * SYMBOLS as u64);
+    assert_eq!(topic(&rig.kafka, 3).gaps.len() as u64, stats.gap_records);
     let scraped = common::scrape(server.addr());
     for (name, value) in [
         ("stockflow_ingest_frames_total", stats.frames),
@@ -175,6 +216,7 @@ fn disconnects_and_stalls_lose_and_duplicate_nothing() {
         ("stockflow_ingest_failed_total", stats.failed),
         ("stockflow_ingest_reconnects_total", stats.reconnects),
         ("stockflow_ingest_duplicate_frames_total", stats.duplicate_frames),
+        ("stockflow_ingest_gaps_total", stats.gaps),
     ] {
         assert_eq!(scraped.get(name).copied(), Some(value as f64), "{name}");
     }
@@ -191,7 +233,7 @@ fn broker_outage_loses_nothing() {
     rig.mock.broker_up(1).expect("broker up");
     let (result, frames) = finish(&rig, running);
     let stats = result.expect("ingest");
-    assert_eq!((stats.delivered, stats.failed), (10_000, 0));
+    assert_eq!((stats.delivered, stats.failed, stats.gaps), (10_000, 0, 0), "the feed itself never broke");
     assert_exactly_once(&rig, 2, &frames, 10_000);
 }
 
@@ -226,7 +268,7 @@ fn a_recorded_session_replays_to_the_same_records() {
         sim.replay = Some(replay);
     });
     let (result, _) = finish(&replaying, running);
-    assert_eq!(result.expect("replaying ingest").records, 5_000);
+    assert_eq!(result.expect("replaying ingest").records, 5_000 + stats.gap_records);
     assert_eq!(topic_records(&replaying.kafka, 2), topic_records(&recording.kafka, 2));
     assert_exactly_once(&replaying, 2, &frames, 5_000);
 }
@@ -256,8 +298,65 @@ fn repeated_frames_are_counted_and_dropped_only_when_asked() {
         } else {
             let forwarded = expected_records(&frames).values().sum::<usize>() as u64;
             assert!(forwarded > 10_000);
-            assert_eq!(stats.records, forwarded);
+            assert_eq!(stats.records - stats.gap_records, forwarded);
             assert_exactly_once(&rig, 2, &frames, forwarded);
+        }
+    }
+}
+
+/// Two outages of a minute of market time, each refusing the first reconnect: ingest writes
+/// one gap per outage for every symbol, keyed by the symbol into its trades' partition and
+/// ahead of the trades after it, spanning the market time no trade was sent in; every trade
+/// still lands once.
+#[test]
+fn outages_become_one_gap_record_per_symbol_in_order_with_the_trades() {
+    let rig = rig(3);
+    let length = Duration::from_secs(60);
+    let outages = vec![Outage { at: 3_000, length }, Outage { at: 7_000, length }];
+    let faults = Faults { outages, ..Faults::default() };
+    let running = start(&rig, 10_000, None, faults, Duration::from_secs(30));
+    let (result, frames) = finish(&rig, running);
+    let stats = result.expect("ingest");
+    assert_eq!(stats.gaps, 2, "{stats:?}");
+    assert_eq!(stats.gap_records, 2 * SYMBOLS as u64);
+    assert!(stats.reconnects >= 3, "each outage closes the connection and refuses a reconnect: {stats:?}");
+    assert_exactly_once(&rig, 3, &frames, 10_000);
+
+    // Trade times the simulator sent, in order.
+    let sent: Vec<i64> = frames
+        .iter()
+        .flat_map(|f| match Frame::parse(f) {
+            Frame::Trades(data) => data.iter().filter_map(|raw| trade_head(raw).t).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let Topic { gaps, partition_of, .. } = topic(&rig.kafka, 3);
+    let mut intervals: Vec<(i64, i64)> = gaps.iter().map(|(_, _, g)| (g.from, g.to)).collect();
+    intervals.sort_unstable();
+    intervals.dedup();
+    assert_eq!(intervals.len(), 2, "every symbol's record of an outage has the same interval: {intervals:?}");
+    for (from, to) in intervals {
+        // The market time lost, give or take the market's disorder (trades up to 3 s behind
+        // its clock) at either end.
+        assert!((to - from - length.as_millis() as i64).abs() <= 4_000, "[{from}, {to})");
+        let newest_before = sent.iter().copied().filter(|t| *t <= from).max();
+        assert!(newest_before.is_some_and(|t| from - t < 1_000), "the gap starts at the last trade before it");
+    }
+    // One record per symbol per outage, in the partition of the symbol's trades.
+    let mut per_symbol: HashMap<Vec<u8>, Vec<i32>> = HashMap::new();
+    for (p, key, body) in &gaps {
+        assert_eq!(key, body.s.as_bytes(), "keyed by the symbol");
+        per_symbol.entry(key.clone()).or_default().push(*p);
+    }
+    assert_eq!(per_symbol.len(), SYMBOLS);
+    for (symbol, partitions) in per_symbol {
+        assert_eq!(partitions.len(), 2);
+        if let Some(p) = partition_of.get(&symbol) {
+            assert!(
+                partitions.iter().all(|q| q == p),
+                "{} gap records beside its trades",
+                String::from_utf8_lossy(&symbol)
+            );
         }
     }
 }

@@ -153,6 +153,7 @@ fn partitions_added_between_runs_are_read_completely_or_refused_if_trimmed() {
     let mut trimmed = grown.clone();
     let mut rng = fastrand::Rng::with_seed(6);
     let noise = (0..4_000).map(|_| dataflows::memlog::MemRecord {
+        kind: None,
         timestamp: Some(1_763_994_600_000),
         payload: Some((0..1_000).map(|_| format!("{:02x}", rng.u8(..))).collect::<String>().into_bytes()),
     });

@@ -1,7 +1,8 @@
-//! End to end through the embedded broker: simulator → ingest → Kafka (librdkafka's mock
-//! cluster) → job → lake, checked against the sequential reference computed from the very
-//! log that landed in Kafka, and across cluster shapes: `-w 1`, `-w 3` and two processes
-//! (`-n 2`) must land the same final bars and the same trades.
+//! End to end through the embedded broker: simulator (with two feed outages and repeated
+//! frames) → ingest → Kafka (librdkafka's mock cluster) → job → lake, checked against the
+//! sequential reference computed from the very log that landed in Kafka, gaps and gap flags
+//! included, and across cluster shapes: `-w 1`, `-w 3` and two processes (`-n 2`) must land
+//! the same final bars and the same trades.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use dataflows::bars::BarsConfig;
 use dataflows::memlog::{MemLog, MemRecord};
 use dataflows::reference::{diff_bars, expected};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use stockflow::ingest::{self, IngestConfig};
@@ -21,7 +22,7 @@ use stockflow::job::{self, ClusterConfig, JobConfig};
 use stockflow::kafka::KafkaConfig;
 use stockflow::lake::Lake;
 use stockflow::lake::writer::WriterConfig;
-use stockflow::simulate::{MarketConfig, SimulateConfig, serve, universe};
+use stockflow::simulate::{Faults, MarketConfig, Outage, SimulateConfig, serve, universe};
 use stockflow::sink::SinkConfig;
 
 mod common;
@@ -44,8 +45,13 @@ fn read_topic(kafka: &KafkaConfig, partitions: i32) -> MemLog {
             Some(Ok(m)) => {
                 let records = &mut log.partitions[m.partition() as usize];
                 assert_eq!(records.len() as i64, m.offset(), "gap in partition {}", m.partition());
-                records
-                    .push(MemRecord { timestamp: m.timestamp().to_millis(), payload: m.payload().map(<[u8]>::to_vec) });
+                let kind = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == dataflows::gap::KIND_HEADER)
+                        .map(|h| h.value.unwrap_or_default().to_vec())
+                });
+                let (timestamp, payload) = (m.timestamp().to_millis(), m.payload().map(<[u8]>::to_vec));
+                records.push(MemRecord { kind, timestamp, payload });
                 read += 1;
             }
             Some(Err(e)) => panic!("reading the topic back: {e}"),
@@ -92,18 +98,28 @@ fn fixture(seed: u64, records: u64, partitions: i32) -> Fixture {
         rate: None,
         total: Some(records),
         ping_every: Duration::from_secs(1),
-        faults: Default::default(),
+        faults: Faults {
+            // Two outages of a few seconds of market time; every 50th frame repeated (and
+            // forwarded: ingest counts it, the job sees its trades twice, as Kafka holds them).
+            outages: vec![
+                Outage { at: records / 3, length: Duration::from_secs(8) },
+                Outage { at: 2 * records / 3, length: Duration::from_secs(5) },
+            ],
+            duplicate_every: Some(50),
+            ..Faults::default()
+        },
         sent: None,
         replay: None,
     };
     let server = rt.spawn(serve(listener, sim));
     let stats = rt.block_on(ingest::run(IngestConfig::new(url, universe(40), kafka.clone()))).expect("ingest");
     server.abort();
-    assert_eq!(stats.records, records, "ingest forwards one record per trade object");
-    assert_eq!(stats.delivered, records);
+    assert_eq!((stats.gaps, stats.gap_records), (2, 80), "one gap record per symbol per outage: {stats:?}");
+    assert!(stats.duplicate_frames > 0, "{stats:?}");
+    assert_eq!(stats.delivered, stats.records);
 
     let log = read_topic(&kafka, partitions);
-    assert_eq!(log.len() as u64, records);
+    assert_eq!(log.len() as u64, stats.records);
     Fixture { rt, mock, kafka, log }
 }
 
@@ -116,6 +132,9 @@ fn check_lake(f: &Fixture, dir: &Path) -> Landed {
     assert_eq!(landed.trades, want.trades, "trades (and late flags) differ from the log");
     let reasons: BTreeMap<_, _> = want.quarantine.iter().map(|(k, r)| (*k, r.as_str().to_owned())).collect();
     assert_eq!(landed.quarantine, reasons, "quarantine differs from the log");
+    assert_eq!(landed.gaps, want.gaps, "gaps differ from the log");
+    assert_eq!(want.gaps.len(), 80, "every interval once per symbol");
+    assert!(want.bars.values().any(|b| b.gap_ms > 0), "the outages flag bars");
     assert!(want.trades.values().any(|&late| late), "the log exercises lateness");
     if let Err(diff) = diff_bars(&landed.bars, &want.bars) {
         panic!("lake bars differ from the sequential reference:\n{diff}");
@@ -211,6 +230,7 @@ fn metrics_report_the_run() {
     assert_eq!(count("stockflow_records_consumed_total"), f.log.len() as u64);
     assert_eq!(count("stockflow_trades_total"), landed.trades.len() as u64);
     assert_eq!(count("stockflow_late_trades_total"), landed.trades.values().filter(|l| **l).count() as u64);
+    assert_eq!(count("stockflow_gaps_total"), landed.gaps.len() as u64);
     let mut reasons = BTreeMap::<String, u64>::new();
     for reason in landed.quarantine.values() {
         *reasons.entry(reason.clone()).or_default() += 1;
@@ -288,11 +308,11 @@ fn wait_ok(child: Child, what: &str) {
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn sorted_bars(landed: &Landed) -> Vec<(u8, String, i64, u32, u64)> {
+fn sorted_bars(landed: &Landed) -> Vec<(u8, String, i64, u32, u64, u64)> {
     let mut v: Vec<_> = landed
         .bars
         .iter()
-        .map(|(w, b)| (*w, b.symbol.to_string(), b.window_start, b.revision, b.trade_count))
+        .map(|(w, b)| (*w, b.symbol.to_string(), b.window_start, b.revision, b.trade_count, b.gap_ms))
         .collect();
     v.sort();
     v
@@ -384,7 +404,7 @@ fn broker_faults_lose_nothing() {
     producer.flush(Duration::from_secs(30)).expect("flush");
 
     let log = read_topic(&f.kafka, 3);
-    assert_eq!(log.len(), 23_000);
+    assert_eq!(log.len(), f.log.len() + 3_000);
     let _ = stop.set(f.kafka.end_offsets(3).expect("ends"));
     let report = job.join().expect("job thread").expect("job rode out the faults");
     assert!(report.commits >= 2, "commits before and after the outage: {}", report.commits);

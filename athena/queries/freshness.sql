@@ -4,4 +4,6 @@ UNION ALL
 SELECT 'bars_1m', max(window_end), count(*) FROM bars_1m
 UNION ALL
 SELECT 'quarantine', max(kafka_ts), count(*) FROM quarantine
+UNION ALL
+SELECT 'gaps', max(gap_end), count(*) FROM gaps
 ORDER BY table_name

@@ -54,11 +54,16 @@ pub enum Reason {
     /// `t` is later than the record's log timestamp plus the allowed clock skew: a bad tick
     /// that would otherwise move the partition's watermark far ahead.
     FutureTimestamp,
+    /// A record marked as a gap record whose body is not a valid gap (see [`crate::gap`]).
+    BadGap,
+    /// A record whose `stockflow-kind` header names a kind this version does not know (a
+    /// newer or foreign producer).
+    UnknownKind,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::EmptyPayload,
         Reason::Oversized,
         Reason::MalformedJson,
@@ -72,6 +77,8 @@ impl Reason {
         Reason::BadTimestamp,
         Reason::BadConditions,
         Reason::FutureTimestamp,
+        Reason::BadGap,
+        Reason::UnknownKind,
     ];
 
     /// The machine-readable name stored in the quarantine table.
@@ -90,6 +97,8 @@ impl Reason {
             Reason::BadTimestamp => "bad_timestamp",
             Reason::BadConditions => "bad_conditions",
             Reason::FutureTimestamp => "future_timestamp",
+            Reason::BadGap => "bad_gap",
+            Reason::UnknownKind => "unknown_kind",
         }
     }
 }
@@ -255,6 +264,11 @@ impl RawTrade<'_> {
     }
 }
 
+/// A symbol is non-empty, at most [`MAX_SYMBOL_BYTES`] long, without control characters.
+pub(crate) fn valid_symbol(symbol: &str) -> bool {
+    !symbol.is_empty() && symbol.len() <= MAX_SYMBOL_BYTES && !symbol.chars().any(char::is_control)
+}
+
 /// The value rules, in the order that names the reason, once every field has the right type.
 /// `ts` is `None` for a time that is not an integer of milliseconds.
 fn validate(
@@ -264,7 +278,7 @@ fn validate(
     ts: Option<i64>,
     c: Option<Value<'_>>,
 ) -> Result<CleanTrade, Reason> {
-    if symbol.is_empty() || symbol.len() > MAX_SYMBOL_BYTES || symbol.chars().any(char::is_control) {
+    if !valid_symbol(symbol) {
         return Err(Reason::BadSymbol);
     }
     if !(price.is_finite() && price > 0.0) {

@@ -21,6 +21,9 @@ pub enum Output {
     Quarantine,
     /// The `bars_<w>` tables.
     Bars,
+    /// The `gaps` table: published with the quarantine (both are small side tables of the
+    /// log, read together when judging data quality).
+    Gaps,
 }
 
 /// The commit interval and each table's publish interval, event-time ms.
@@ -53,7 +56,7 @@ impl Epochs {
     pub fn interval(&self, output: Output) -> u64 {
         match output {
             Output::Trades => self.trades_ms,
-            Output::Quarantine => self.quarantine_ms,
+            Output::Quarantine | Output::Gaps => self.quarantine_ms,
             Output::Bars => self.bars_ms,
         }
         .max(1)

@@ -6,6 +6,7 @@
 pub mod bars;
 pub mod clean;
 pub mod epoch;
+pub mod gap;
 pub mod memlog;
 pub mod pipeline;
 pub mod reference;
@@ -16,6 +17,7 @@ pub mod trade;
 
 pub use bars::{Bar, BarAcc};
 pub use clean::{Reason, clean};
+pub use gap::Gap;
 pub use pipeline::{Outputs, build_pipeline};
 pub use source::{RawRecord, RecordSource, SourcePoll};
 pub use time::{PartitionClock, TimeConfig};

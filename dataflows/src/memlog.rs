@@ -10,6 +10,8 @@ use crate::source::{RawRecord, RecordSource, SourcePoll};
 /// One record of an in-memory log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemRecord {
+    /// Value of the `stockflow-kind` header (`None` on trades; see [`crate::gap`]).
+    pub kind: Option<Vec<u8>>,
     /// Log timestamp (as Kafka's), ms since the epoch.
     pub timestamp: Option<i64>,
     /// Value bytes.
@@ -117,6 +119,7 @@ impl RecordSource for MemSource {
                     offset: (*next + i) as i64,
                     timestamp: rec.timestamp,
                     payload: rec.payload.as_deref(),
+                    kind: rec.kind.as_deref(),
                 });
             }
             *next += take;
@@ -167,11 +170,13 @@ pub struct Collected {
     pub trades: Vec<crate::Trade>,
     /// Quarantined records.
     pub quarantine: Vec<crate::Quarantined>,
+    /// Gap records.
+    pub gaps: Vec<crate::Gap>,
     /// Bar rows (every revision), tagged with their width index.
     pub bars: Vec<(u8, crate::Bar)>,
     /// The timely time each bar row left at: `(time, width, symbol, window_start, revision)`.
     pub bar_times: Vec<(crate::Time, u8, String, i64, u32)>,
-    /// The timely time each trade or quarantined record left at: `(time, partition, offset)`.
+    /// The timely time each trade, quarantined or gap record left at: `(time, partition, offset)`.
     pub record_times: Vec<(crate::Time, i32, i64)>,
     /// Every source's crossings.
     pub crossings: Vec<crate::resume::Crossing>,
@@ -211,6 +216,7 @@ pub fn run_sources(
         let (index, peers) = (worker.index(), worker.peers());
         let source = source(index, peers);
         let (t, q, b, x) = (Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared), Arc::clone(&shared));
+        let g = Arc::clone(&shared);
         let probe =
             worker.dataflow(|scope| {
                 let out = crate::build_pipeline(scope, source, cfg.clone(), bars.clone());
@@ -227,6 +233,14 @@ pub fn run_sources(
                         let time = stamp.least().copied().unwrap_or_default();
                         let mut out = q.lock().unwrap_or_else(|e| e.into_inner());
                         out.quarantine.extend_from_slice(batch);
+                        out.record_times.extend(batch.iter().map(|r| (time, r.partition, r.offset)));
+                    }
+                });
+                out.gaps.inspect_core(move |c| {
+                    if let Ok((stamp, batch)) = c {
+                        let time = stamp.least().copied().unwrap_or_default();
+                        let mut out = g.lock().unwrap_or_else(|e| e.into_inner());
+                        out.gaps.extend_from_slice(batch);
                         out.record_times.extend(batch.iter().map(|r| (time, r.partition, r.offset)));
                     }
                 });

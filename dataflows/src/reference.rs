@@ -1,13 +1,16 @@
 //! The contract computed the plain way, for tests to compare the dataflow (and the lake)
-//! against: one pass per partition in offset order, a watermark, late flags, and bars folded
-//! from sorted trades with ordinary floating-point sums. Deliberately shares nothing with the
-//! dataflow but [`clean_record`](crate::clean::clean_record), which has its own rule-by-rule tests.
+//! against: one pass per partition in offset order, a watermark, late flags, bars folded
+//! from sorted trades with ordinary floating-point sums, and each bar's gap overlap from the
+//! merged intervals of the gaps that could still revise it. Deliberately shares nothing with
+//! the dataflow but [`clean_record`](crate::clean::clean_record) and
+//! [`parse_gap`](crate::gap::parse_gap), which have their own rule-by-rule tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::bars::{Bar, BarsConfig};
 use crate::clean::{Reason, clean_record};
+use crate::gap::{GapBody, Kind, parse_gap};
 use crate::memlog::MemLog;
 use crate::time::TimeConfig;
 
@@ -18,6 +21,9 @@ pub struct Expected {
     pub trades: BTreeMap<(i32, i64), bool>,
     /// `(partition, offset)` of every rejected record, with its reason.
     pub quarantine: BTreeMap<(i32, i64), Reason>,
+    /// `(partition, offset)` of every gap record, with its body and whether it lay beyond the
+    /// horizon of every width.
+    pub gaps: BTreeMap<(i32, i64), (GapBody, bool)>,
     /// Final bars (latest revision, revision number not predicted) by
     /// `(width index, symbol, window_start)`.
     pub bars: BTreeMap<FinalKey, Bar>,
@@ -36,16 +42,45 @@ pub fn expected(log: &MemLog, time: TimeConfig, bars: &BarsConfig) -> Expected {
     let mut out = Expected::default();
     let base = time.window_ms as i64;
     let mut members: BTreeMap<FinalKey, Vec<InBar>> = BTreeMap::new();
+    let mut gaps: BTreeMap<FinalKey, Vec<(i64, i64)>> = BTreeMap::new();
     for (p, records) in log.partitions.iter().enumerate() {
         let mut max_ts: Option<i64> = None;
         for (o, rec) in records.iter().enumerate() {
             let key = (p as i32, o as i64);
-            match clean_record(rec.payload.as_deref(), rec.timestamp, time.max_skew_ms) {
+            let pw = max_ts.map(|m| m - time.lateness_ms as i64);
+            let verdict = match Kind::of(rec.kind.as_deref()) {
+                Err(reason) => Err(reason),
+                Ok(Kind::Trade) => clean_record(rec.payload.as_deref(), rec.timestamp, time.max_skew_ms),
+                Ok(Kind::Gap) => match parse_gap(rec.payload.as_deref(), rec.timestamp, time.max_skew_ms) {
+                    Err(reason) => Err(reason),
+                    Ok(gap) => {
+                        // Every window of every width the gap overlaps that ends past the
+                        // horizon's reach (from the watermark, or from the gap's end before one).
+                        let reach = pw.unwrap_or(gap.to) - bars.horizon_ms as i64;
+                        let mut flags = false;
+                        for (i, &width) in bars.widths.iter().enumerate() {
+                            let w = width as i64;
+                            let mut start = gap.from.div_euclid(w) * w;
+                            while start < gap.to {
+                                if start + w > reach {
+                                    flags = true;
+                                    gaps.entry((i as u8, gap.s.to_string(), start))
+                                        .or_default()
+                                        .push((gap.from, gap.to));
+                                }
+                                start += w;
+                            }
+                        }
+                        out.gaps.insert(key, (gap, !flags));
+                        continue;
+                    }
+                },
+            };
+            match verdict {
                 Err(reason) => {
                     out.quarantine.insert(key, reason);
                 }
                 Ok(t) => {
-                    let pw = max_ts.map(|m| m - time.lateness_ms as i64);
                     let late = pw.is_some_and(|pw| t.ts.div_euclid(base) * base + base <= pw);
                     out.trades.insert(key, late);
                     for (i, &width) in bars.widths.iter().enumerate() {
@@ -64,6 +99,8 @@ pub fn expected(log: &MemLog, time: TimeConfig, bars: &BarsConfig) -> Expected {
         }
     }
     for ((width, symbol, start), mut ts) in members {
+        let end = start + bars.widths[width as usize] as i64;
+        let gap_ms = union_ms(start, end, gaps.remove(&(width, symbol.clone(), start)).unwrap_or_default());
         ts.sort_by_key(|t| (t.0, t.1, t.2));
         let volume: f64 = ts.iter().map(|t| t.4).sum();
         let notional: f64 = ts.iter().map(|t| t.3 * t.4).sum();
@@ -79,10 +116,25 @@ pub fn expected(log: &MemLog, time: TimeConfig, bars: &BarsConfig) -> Expected {
             vwap: (volume > 0.0).then(|| notional / volume),
             trade_count: ts.len() as u64,
             revision: 0,
+            gap_ms,
         };
         out.bars.insert((width, symbol, start), bar);
     }
     out
+}
+
+/// Milliseconds of `[start, end)` inside at least one of `intervals`.
+fn union_ms(start: i64, end: i64, mut intervals: Vec<(i64, i64)>) -> u64 {
+    intervals.sort_unstable();
+    let (mut total, mut covered_to) = (0, start);
+    for (from, to) in intervals {
+        let (from, to) = (from.max(covered_to), to.min(end));
+        if to > from {
+            total += (to - from) as u64;
+            covered_to = to;
+        }
+    }
+    total
 }
 
 /// The latest revision of every bar in `rows`; `Err` if a revision is written twice or the
@@ -124,6 +176,7 @@ pub fn same_bar(a: &Bar, b: &Bar) -> bool {
         && a.low == b.low
         && a.close == b.close
         && a.trade_count == b.trade_count
+        && a.gap_ms == b.gap_ms
         && close(a.volume, b.volume)
         && match (a.vwap, b.vwap) {
             (Some(x), Some(y)) => close(x, y),

@@ -33,6 +33,12 @@ fn rows(c: &Collected, from: Time, to: Time) -> Vec<Row> {
     for q in &c.quarantine {
         out.push((times[&(q.partition, q.offset)], format!("quarantine {} {} {:?}", q.partition, q.offset, q.reason)));
     }
+    for g in &c.gaps {
+        out.push((
+            times[&(g.partition, g.offset)],
+            format!("gap {} {} {:?} {}", g.partition, g.offset, g.body, g.beyond_horizon),
+        ));
+    }
     for ((time, ..), (width, bar)) in c.bar_times.iter().zip(&c.bars) {
         out.push((*time, format!("bar {width} {bar:?}")));
     }

@@ -23,6 +23,7 @@ fn check(log: &MemLog, got: &Collected, what: &str) {
     let want = expected(log, TimeConfig::default(), &bars());
     let mut records: Vec<(i32, i64)> = got.trades.iter().map(|t| (t.partition, t.offset)).collect();
     records.extend(got.quarantine.iter().map(|q| (q.partition, q.offset)));
+    records.extend(got.gaps.iter().map(|g| (g.partition, g.offset)));
     records.sort_unstable();
     let total = records.len();
     records.dedup();
@@ -104,11 +105,13 @@ fn a_restart_after_the_topic_grew_lands_every_record_once() {
     let mut lake = Collected {
         trades: whole.trades.iter().filter(|t| below(&times[&(t.partition, t.offset)])).cloned().collect(),
         quarantine: whole.quarantine.iter().filter(|q| below(&times[&(q.partition, q.offset)])).cloned().collect(),
+        gaps: whole.gaps.iter().filter(|g| below(&times[&(g.partition, g.offset)])).cloned().collect(),
         bars: whole.bar_times.iter().zip(&whole.bars).filter(|((t, ..), _)| below(t)).map(|(_, b)| b.clone()).collect(),
         ..Default::default()
     };
     lake.trades.extend(rest.trades.iter().cloned());
     lake.quarantine.extend(rest.quarantine.iter().cloned());
+    lake.gaps.extend(rest.gaps.iter().cloned());
     // The sink drops bar rows below the commit point: they rebuild state, the lake has them.
     lake.bars.extend(rest.bar_times.iter().zip(&rest.bars).filter(|((t, ..), _)| !below(t)).map(|(_, b)| b.clone()));
     check(&log, &lake, &format!("restart from {commit}"));
@@ -122,6 +125,7 @@ fn a_restart_after_the_topic_grew_lands_every_record_once() {
 fn a_batch_far_ahead_never_stalls_the_source() {
     const T0: i64 = 1_763_994_600_000;
     let trade = |t: i64| dataflows::memlog::MemRecord {
+        kind: None,
         timestamp: Some(t),
         payload: Some(format!(r#"{{"s":"AAA","p":10.5,"t":{t},"v":2}}"#).into_bytes()),
     };
@@ -149,6 +153,7 @@ fn a_batch_far_ahead_never_stalls_the_source() {
 fn silent_workers_never_hold_each_other_back() {
     const T0: i64 = 1_763_994_600_000;
     let trade = |s: &str, t: i64| dataflows::memlog::MemRecord {
+        kind: None,
         timestamp: Some(t),
         payload: Some(format!(r#"{{"s":"{s}","p":10.5,"t":{t},"v":2}}"#).into_bytes()),
     };

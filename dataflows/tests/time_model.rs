@@ -21,7 +21,11 @@ const T0: i64 = 1_763_994_600_000;
 const M: i64 = 60_000;
 
 fn trade(s: &str, p: f64, t: i64, v: f64) -> MemRecord {
-    MemRecord { timestamp: Some(t), payload: Some(format!(r#"{{"s":"{s}","p":{p},"t":{t},"v":{v}}}"#).into_bytes()) }
+    MemRecord {
+        kind: None,
+        timestamp: Some(t),
+        payload: Some(format!(r#"{{"s":"{s}","p":{p},"t":{t},"v":{v}}}"#).into_bytes()),
+    }
 }
 
 fn log() -> MemLog {
@@ -39,7 +43,11 @@ fn log() -> MemLog {
                 trade("AAA", 20.0, T0 + 15 * M, 1.0),     // o8 jump: pw = T0+14m55s
                 trade("AAA", 6.0, T0 + 1_000, 1.0),       // o9 late beyond the 1m horizon, not the 5m one
                 trade("AAA", 15.0, T0 + 10 * M + 1, 2.0), // o10 late: a 1m bar made of late trades only
-                MemRecord { timestamp: Some(T0), payload: Some(br#"{"s":"AAA","p":-1,"t":1,"v":1}"#.to_vec()) },
+                MemRecord {
+                    kind: None,
+                    timestamp: Some(T0),
+                    payload: Some(br#"{"s":"AAA","p":-1,"t":1,"v":1}"#.to_vec()),
+                },
             ],
             vec![trade("BBB", 5.0, T0 + 5_000, 1.0)],
         ],
@@ -65,6 +73,7 @@ fn bar(s: &str, start: i64, width: i64, ohlc: [f64; 4], sums: (f64, f64, u64), r
         vwap: (volume > 0.0).then(|| notional / volume),
         trade_count: count,
         revision,
+        gap_ms: 0,
     }
 }
 
@@ -140,24 +149,25 @@ fn every_verdict_of_the_hand_written_log() {
         assert_eq!((got.quarantine[0].offset, got.quarantine[0].reason.as_str()), (11, "bad_price"));
         check_rows(got.bars);
 
-        // Rows leave at times fixed by the log: revision 0 at the window end (or, for a bar of
-        // late trades only, at the change), later revisions at the change that made them.
+        // Rows leave at times fixed by the log: revision 0 at the window's last instant (or,
+        // for a bar of late trades only, at the change), later revisions at the change that
+        // made them.
         let mut times = got.bar_times.clone();
         times.sort();
         let want_times: Vec<(u64, u8, String, i64, u32)> = {
             let t = |ms: i64| ms as u64;
             let mut v = vec![
-                (t(T0 + M), 0, "AAA".to_owned(), T0, 0),
+                (t(T0 + M - 1), 0, "AAA".to_owned(), T0, 0),
                 (t(T0 + M), 0, "AAA".to_owned(), T0, 1), // o7 arrived at floor(pw) = T0 + 1m
-                (t(T0 + M), 0, "BBB".to_owned(), T0, 0),
-                (t(T0 + 2 * M), 0, "AAA".to_owned(), T0 + M, 0),
+                (t(T0 + M - 1), 0, "BBB".to_owned(), T0, 0),
+                (t(T0 + 2 * M - 1), 0, "AAA".to_owned(), T0 + M, 0),
                 (t(T0 + 14 * M), 0, "AAA".to_owned(), T0 + 10 * M, 0), // late only: at o10's time
-                (t(T0 + 16 * M), 0, "AAA".to_owned(), T0 + 15 * M, 0),
-                (t(T0 + 5 * M), 1, "AAA".to_owned(), T0, 0),
+                (t(T0 + 16 * M - 1), 0, "AAA".to_owned(), T0 + 15 * M, 0),
+                (t(T0 + 5 * M - 1), 1, "AAA".to_owned(), T0, 0),
                 (t(T0 + 14 * M), 1, "AAA".to_owned(), T0, 1), // o9 at floor(pw) = T0 + 14m
-                (t(T0 + 5 * M), 1, "BBB".to_owned(), T0, 0),
-                (t(T0 + 15 * M), 1, "AAA".to_owned(), T0 + 10 * M, 0),
-                (t(T0 + 20 * M), 1, "AAA".to_owned(), T0 + 15 * M, 0),
+                (t(T0 + 5 * M - 1), 1, "BBB".to_owned(), T0, 0),
+                (t(T0 + 15 * M - 1), 1, "AAA".to_owned(), T0 + 10 * M, 0),
+                (t(T0 + 20 * M - 1), 1, "AAA".to_owned(), T0 + 15 * M, 0),
             ];
             v.sort();
             v
@@ -209,4 +219,62 @@ fn idle_partition_stops_holding_back_the_frontier() {
     assert_eq!(first.trade_count, 5);
     open.store(false, Ordering::SeqCst);
     assert_eq!(run.join().ok().and_then(|r| r.ok()), Some(true));
+}
+
+/// A gap learned after its bars were written revises them with the overlap; one learned
+/// before a window closes is in its first version; overlapping gaps count once; a gap beyond
+/// the horizon is stored and flags nothing; a foreign kind is quarantined.
+#[test]
+fn gaps_flag_the_bars_they_overlap_with_dense_revisions() {
+    use dataflows::gap::{GAP_KIND, GapBody};
+    let gap = |from: i64, to: i64, at: i64| MemRecord {
+        kind: Some(GAP_KIND.to_vec()),
+        timestamp: Some(at),
+        payload: Some(
+            GapBody { s: "AAA".into(), from: T0 + from, to: T0 + to, reason: "disconnect".into(), host: "h".into() }
+                .to_json(),
+        ),
+    };
+    let records = vec![
+        trade("AAA", 10.0, T0 + 1_000, 1.0),
+        trade("AAA", 11.0, T0 + 30_000, 1.0),
+        trade("AAA", 12.0, T0 + 61_000, 1.0),
+        trade("AAA", 13.0, T0 + 125_000, 1.0),
+        // pw = 120s: windows [0,1m) and [1m,2m) are written, [0,5m) is not.
+        gap(30_000, 70_000, T0 + 125_500),
+        // Inside the first gap: it changes nothing, so no revision.
+        gap(40_000, 50_000, T0 + 125_600),
+        trade("AAA", 14.0, T0 + 200_000, 1.0),
+        // Beyond the 10-minute horizon once the watermark is past 15m.
+        trade("AAA", 15.0, T0 + 16 * M, 1.0),
+        gap(10_000, 20_000, T0 + 16 * M + 1),
+        MemRecord { kind: Some(b"gap/9".to_vec()), ..gap(0, 1, T0 + 16 * M + 2) },
+    ];
+    let log = MemLog { partitions: vec![records] };
+    for workers in [1, 3] {
+        let cfg = SourceConfig { time: TimeConfig::default(), ..Default::default() };
+        let got = run_memlog(Arc::new(log.clone()), workers, 1, cfg, bars_cfg());
+        let flags: BTreeMap<(u8, i64, u32), u64> =
+            got.bars.iter().map(|(w, b)| ((*w, b.window_start - T0, b.revision), b.gap_ms)).collect();
+        let want: BTreeMap<(u8, i64, u32), u64> = [
+            ((0, 0, 0), 0),
+            ((0, 0, 1), 30_000),
+            ((0, M, 0), 0),
+            ((0, M, 1), 10_000),
+            ((0, 2 * M, 0), 0),
+            ((0, 3 * M, 0), 0),
+            ((0, 16 * M, 0), 0),
+            ((1, 0, 0), 40_000),
+            ((1, 15 * M, 0), 0),
+        ]
+        .into();
+        assert_eq!(flags, want, "-w {workers}: (width, window, revision) -> gap_ms");
+        assert_eq!(got.gaps.len(), 3, "-w {workers}: every gap record is a row");
+        let beyond: Vec<bool> = got.gaps.iter().map(|g| g.beyond_horizon).collect();
+        assert_eq!(beyond.iter().filter(|b| **b).count(), 1, "-w {workers}: {beyond:?}");
+        assert_eq!(got.quarantine.len(), 1, "-w {workers}");
+        assert_eq!(got.quarantine[0].reason, dataflows::Reason::UnknownKind);
+        let want = expected(&log, TimeConfig::default(), &bars_cfg());
+        diff_bars(&got.bars, &want.bars).unwrap_or_else(|d| panic!("-w {workers}: reference differs:\n{d}"));
+    }
 }

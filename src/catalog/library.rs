@@ -27,11 +27,12 @@ pub fn views(widths: &[u64]) -> Vec<Sql> {
             Sql {
                 name: view.clone(),
                 sql: format!(
-                    "-- The latest revision of every {bars} bar: its final value once no late trade can\n\
-                     -- change it (later revisions supersede earlier ones).\n\
+                    "-- The latest revision of every {bars} bar: its final value once no late trade or feed\n\
+                     -- gap can change it (later revisions supersede earlier ones). gap_ms > 0: the feed was\n\
+                     -- not received for that long within the window, so the bar may be missing trades.\n\
                      CREATE OR REPLACE VIEW {view} AS\n\
                      SELECT symbol, window_start, window_end, open, high, low, close, volume, vwap, trade_count,\n       \
-                     revision\n\
+                     revision, gap_ms\n\
                      FROM (\n    \
                      SELECT b.*, row_number() OVER (PARTITION BY symbol, window_start ORDER BY revision DESC) AS rn\n    \
                      FROM {bars} b\n\
@@ -107,8 +108,45 @@ pub fn queries(widths: &[u64]) -> Vec<Sql> {
         ),
         q(
             "data_quality",
-            "-- Data quality: quarantined records per reason, their share of all records, and when the\n\
-             -- reason was first and last seen (Kafka time).\n\
+            format!(
+                "-- Data quality per symbol and UTC day: feed gaps (the day each starts) and the minutes\n\
+                 -- they lasted, and the latest {bars} bars they overlap with the minutes of those bars\n\
+                 -- the feed was down. Days without a gap are left out.\n\
+                 WITH g AS (\n    \
+                 SELECT symbol, CAST(gap_start AS date) AS day, count(*) AS gaps,\n           \
+                 sum(to_unixtime(gap_end) - to_unixtime(gap_start)) / 60.0 AS gap_minutes\n    \
+                 FROM gaps\n    \
+                 GROUP BY symbol, CAST(gap_start AS date)\n\
+                 ), b AS (\n    \
+                 SELECT symbol, CAST(window_start AS date) AS day, count(*) AS flagged_bars,\n           \
+                 sum(gap_ms) / 60000.0 AS flagged_minutes\n    \
+                 FROM {latest}\n    \
+                 WHERE gap_ms > 0\n    \
+                 GROUP BY symbol, CAST(window_start AS date)\n\
+                 )\n\
+                 SELECT g.symbol, g.day, g.gaps, round(g.gap_minutes, 3) AS gap_minutes,\n       \
+                 coalesce(b.flagged_bars, 0) AS flagged_bars, round(coalesce(b.flagged_minutes, 0), 3) AS flagged_minutes\n\
+                 FROM g\n\
+                 LEFT JOIN b ON b.symbol = g.symbol AND b.day = g.day\n\
+                 ORDER BY g.day, g.symbol\n"
+            ),
+        ),
+        q(
+            "gaps_of_day",
+            "-- The feed gaps of one UTC day, in time order: the latest day with a gap (write\n\
+             -- DATE 'YYYY-MM-DD' in place of the subquery for another). beyond_horizon: too old on\n\
+             -- arrival to revise any bar.\n\
+             SELECT symbol, gap_start, gap_end, round(to_unixtime(gap_end) - to_unixtime(gap_start), 3) AS seconds,\n       \
+             reason, ingest_host, beyond_horizon\n\
+             FROM gaps\n\
+             WHERE CAST(gap_start AS date) = (SELECT max(CAST(gap_start AS date)) FROM gaps)\n\
+             ORDER BY gap_start, symbol\n"
+                .to_owned(),
+        ),
+        q(
+            "quarantine_reasons",
+            "-- Quarantined records per reason, their share of all records, and when the reason was\n\
+             -- first and last seen (Kafka time).\n\
              SELECT reason, count(*) AS records,\n       \
              round(100.0 * count(*) / ((SELECT count(*) FROM trades) + (SELECT count(*) FROM quarantine)), 4) AS pct,\n       \
              min(kafka_ts) AS first_seen, max(kafka_ts) AS last_seen\n\
@@ -149,6 +187,8 @@ pub fn queries(widths: &[u64]) -> Vec<Sql> {
                  SELECT '{bars}', max(window_end), count(*) FROM {bars}\n\
                  UNION ALL\n\
                  SELECT 'quarantine', max(kafka_ts), count(*) FROM quarantine\n\
+                 UNION ALL\n\
+                 SELECT 'gaps', max(gap_end), count(*) FROM gaps\n\
                  ORDER BY table_name\n"
             ),
         ),

@@ -6,9 +6,14 @@
 //! bytes exactly as received; frames that are not valid JSON are forwarded whole (without a
 //! key) so the job quarantines them instead of ingest losing them. Trade frames repeated
 //! byte for byte on one connection are counted, and dropped when asked
-//! ([`repeated::RepeatedFrames`]).
+//! ([`repeated::RepeatedFrames`]). When a connection is lost, the interval until the feed
+//! resumes is written as a gap record per subscribed symbol ([`gaps`]), ahead of the first
+//! trade after it.
 
+mod gaps;
 mod repeated;
+
+pub use gaps::host_name;
 
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
@@ -20,13 +25,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{SinkExt, StreamExt};
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::finnhub::{Captured, END_OF_STREAM, Frame, Request, trade_key};
+use crate::finnhub::{Captured, END_OF_STREAM, Frame, Request, trade_head};
 use crate::kafka::KafkaConfig;
 use crate::metrics::IngestMetrics;
+use gaps::{GapTracker, Loss};
 use repeated::RepeatedFrames;
 
 /// Frames buffered between socket and producer before the reader stops reading.
@@ -54,6 +61,8 @@ pub struct IngestConfig {
     pub duplicate_window: Duration,
     /// Do not forward repeated frames (they are counted either way).
     pub drop_duplicate_frames: bool,
+    /// Names this ingest in its gap records.
+    pub host: String,
     /// Target topic.
     pub kafka: KafkaConfig,
     /// Where the counters go (served on `--metrics-addr`).
@@ -75,6 +84,7 @@ impl IngestConfig {
             stats_every: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(5),
             drop_duplicate_frames: false,
+            host: gaps::host_name(),
         }
     }
 }
@@ -96,6 +106,10 @@ pub struct IngestStats {
     pub reconnects: u64,
     /// Trade frames repeated byte for byte on their connection within the duplicate window.
     pub duplicate_frames: u64,
+    /// Intervals the feed was not received (each written as a gap record per symbol).
+    pub gaps: u64,
+    /// Gap records handed to the producer (included in `records`).
+    pub gap_records: u64,
 }
 
 /// Why ingest stopped.
@@ -159,6 +173,7 @@ impl IngestProgress<'_> {
             delivery_failures = c.failed.get(),
             reconnects = c.reconnects.get(),
             duplicate_frames = c.duplicate_frames.get(),
+            gaps = c.gaps.get(),
             queue_depth = self.queue_depth,
             "ingest progress"
         );
@@ -193,6 +208,14 @@ struct Received {
     at: i64,
     frame: Message,
     repeated: bool,
+}
+
+/// What the socket side tells the producer, in order.
+enum Event {
+    /// A frame.
+    Frame(Received),
+    /// The connection was lost: a gap starts (see [`gaps`]).
+    Lost(Loss),
 }
 
 /// `--record`: every received frame with its receive time, one JSON object a line
@@ -231,7 +254,7 @@ enum Session {
     /// The producer stopped (its error is reported from its thread).
     ProducerStopped,
     /// The connection broke, went stale or was closed: reconnect.
-    Lost(String),
+    Lost(Loss, String),
 }
 
 async fn subscribe<S>(ws: &mut S, symbols: &[String]) -> Result<(), tokio_tungstenite::tungstenite::Error>
@@ -247,7 +270,7 @@ where
 /// Forwards frames to the producer until the connection ends one way or another.
 async fn read_frames<S>(
     ws: &mut S,
-    to_producer: &mpsc::Sender<Received>,
+    to_producer: &mpsc::Sender<Event>,
     stale_after: Duration,
     duplicate_window: Duration,
     counters: &Counters,
@@ -259,15 +282,16 @@ where
     let mut repeats = RepeatedFrames::new(duplicate_window);
     loop {
         match tokio::time::timeout(stale_after, ws.next()).await {
-            Err(_) => return Session::Lost(format!("no frame for {}s", stale_after.as_secs_f64())),
-            Ok(None) => return Session::Lost("connection closed".into()),
-            Ok(Some(Err(e))) => return Session::Lost(e.to_string()),
+            Err(_) => return Session::Lost(Loss::Stale, format!("no frame for {}s", stale_after.as_secs_f64())),
+            Ok(None) => return Session::Lost(Loss::Disconnect, "connection closed".into()),
+            Ok(Some(Err(e))) => return Session::Lost(Loss::Disconnect, e.to_string()),
             Ok(Some(Ok(Message::Close(frame)))) => {
                 return match frame {
                     Some(f) if f.reason.as_str() == END_OF_STREAM => Session::EndOfStream,
-                    f => {
-                        Session::Lost(format!("server closed: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()))
-                    }
+                    f => Session::Lost(
+                        Loss::Disconnect,
+                        format!("server closed: {}", f.map(|f| f.reason.to_string()).unwrap_or_default()),
+                    ),
                 };
             }
             Ok(Some(Ok(Message::Text(text)))) => {
@@ -277,7 +301,7 @@ where
                     counters.duplicate_frames.inc();
                 }
                 let received = Received { at: now_ms(), frame: Message::Text(text), repeated };
-                if to_producer.send(received).await.is_err() {
+                if to_producer.send(Event::Frame(received)).await.is_err() {
                     return Session::ProducerStopped;
                 }
             }
@@ -319,12 +343,16 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         Some(path) => Some(Recorder::open(path)?),
         None => None,
     };
-    let (frames_tx, frames_rx) = mpsc::channel::<Received>(QUEUE_FRAMES);
-    let topic = cfg.kafka.topic.clone();
+    let (frames_tx, frames_rx) = mpsc::channel::<Event>(QUEUE_FRAMES);
     let producer_counters = Arc::clone(&counters);
-    let drop_repeated = cfg.drop_duplicate_frames;
+    let producing_cfg = Producing {
+        topic: cfg.kafka.topic.clone(),
+        drop_repeated: cfg.drop_duplicate_frames,
+        symbols: cfg.symbols.clone(),
+        host: cfg.host.clone(),
+    };
     let producing = tokio::task::spawn_blocking(move || {
-        produce_frames(producer, &topic, frames_rx, recorder, drop_repeated, &producer_counters)
+        produce_frames(producer, &producing_cfg, frames_rx, recorder, &producer_counters)
     });
 
     // The token travels only in the request URL; messages and logs use `cfg.url`.
@@ -360,7 +388,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
                     attempt = 0;
                     read_frames(&mut ws, &frames_tx, cfg.stale_after, cfg.duplicate_window, &counters).await
                 }
-                Err(e) => Session::Lost(e.to_string()),
+                Err(e) => Session::Lost(Loss::Disconnect, e.to_string()),
             },
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status().is_client_error() => {
                 read_error = Some(IngestError::Rejected { url: cfg.url.clone(), status: response.status().as_u16() });
@@ -370,11 +398,14 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
                 read_error = Some(socket_error(e));
                 break;
             }
-            Err(e) => Session::Lost(e.to_string()),
+            Err(e) => Session::Lost(Loss::Disconnect, e.to_string()),
         };
         match session {
             Session::EndOfStream | Session::ProducerStopped => break,
-            Session::Lost(why) => {
+            Session::Lost(loss, why) => {
+                if frames_tx.send(Event::Lost(loss)).await.is_err() {
+                    break;
+                }
                 reconnects += 1;
                 counters.reconnects.inc();
                 let delay = backoff(attempt, cfg.backoff_max);
@@ -386,7 +417,7 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     }
     drop(frames_tx);
     let produced = producing.await.map_err(|e| IngestError::Server(format!("producer thread: {e}")))?;
-    let (records, pings) = produced?;
+    let Produced { records, pings, gaps, gap_records } = produced?;
     let stats = IngestStats {
         frames: counters.frames.get(),
         records,
@@ -395,6 +426,8 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
         pings,
         reconnects,
         duplicate_frames: counters.duplicate_frames.get(),
+        gaps,
+        gap_records,
     };
     if let Some(e) = read_error {
         return Err(e);
@@ -405,29 +438,60 @@ pub async fn run(cfg: IngestConfig) -> Result<IngestStats, IngestError> {
     Ok(stats)
 }
 
+/// What the producer thread needs besides its channel.
+struct Producing {
+    topic: String,
+    /// Record repeated frames (in the capture) but do not produce them.
+    drop_repeated: bool,
+    /// Symbols subscribed: a gap is written for each.
+    symbols: Vec<String>,
+    /// Names this ingest in gap records.
+    host: String,
+}
+
+/// What the producer thread did.
+struct Produced {
+    records: u64,
+    pings: u64,
+    gaps: u64,
+    gap_records: u64,
+}
+
 /// The producer thread: splits frames into records and produces them, waiting for queue
 /// space (by serving delivery reports) instead of dropping; with `drop_repeated`, repeated
-/// frames are recorded but not produced.
+/// frames are recorded but not produced. A trade frame that ends a gap is preceded by the
+/// gap's records, keyed by symbol like the trades, so each lands in order in its symbol's
+/// partition.
 fn produce_frames(
     producer: BaseProducer<DeliveryCounter>,
-    topic: &str,
-    mut frames: mpsc::Receiver<Received>,
+    cfg: &Producing,
+    mut events: mpsc::Receiver<Event>,
     mut recorder: Option<Recorder>,
-    drop_repeated: bool,
     counters: &Counters,
-) -> Result<(u64, u64), IngestError> {
-    let (mut records, mut pings) = (0u64, 0u64);
-    while let Some(Received { at: received, frame: Message::Text(text), repeated }) = frames.blocking_recv() {
+) -> Result<Produced, IngestError> {
+    let mut done = Produced { records: 0, pings: 0, gaps: 0, gap_records: 0 };
+    let mut tracker = GapTracker::default();
+    let mut times: Vec<i64> = Vec::new();
+    while let Some(event) = events.blocking_recv() {
+        let Received { at: received, frame: Message::Text(text), repeated } = (match event {
+            Event::Lost(loss) => {
+                tracker.lost(loss);
+                continue;
+            }
+            Event::Frame(received) => received,
+        }) else {
+            continue;
+        };
         if let Some(r) = recorder.as_mut() {
             r.write(received, text.as_str())?;
         }
-        if repeated && drop_repeated {
-            continue;
-        }
-        let mut send = |key: Option<&[u8]>, payload: &[u8]| -> Result<(), IngestError> {
-            let mut record = BaseRecord::to(topic).payload(payload).timestamp(received);
+        let mut send = |key: Option<&[u8]>, payload: &[u8], headers: Option<OwnedHeaders>| -> Result<(), IngestError> {
+            let mut record = BaseRecord::to(&cfg.topic).payload(payload).timestamp(received);
             if let Some(key) = key {
                 record = record.key(key);
+            }
+            if let Some(headers) = headers {
+                record = record.headers(headers);
             }
             loop {
                 match producer.send(record) {
@@ -439,19 +503,39 @@ fn produce_frames(
                     Err((e, _)) => return Err(IngestError::Produce(e)),
                 }
             }
-            records += 1;
+            done.records += 1;
             counters.records.inc();
             Ok(())
         };
-        match Frame::parse(text.as_str()) {
-            Frame::Malformed => send(None, text.as_bytes())?,
+        let frame = Frame::parse(text.as_str());
+        let heads: Vec<_> = match &frame {
+            Frame::Trades(data) => data.iter().map(|raw| trade_head(raw)).collect(),
+            _ => Vec::new(),
+        };
+        times.clear();
+        times.extend(heads.iter().filter_map(|h| h.t));
+        if let Some(gap) = tracker.frame(received, &times) {
+            done.gaps += 1;
+            counters.gaps.inc();
+            tracing::warn!(from_ms = gap.from, to_ms = gap.to, reason = gap.reason, "feed gap");
+            for body in gaps::records(&gap, &cfg.symbols, &cfg.host) {
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: dataflows::gap::KIND_HEADER, value: Some(dataflows::gap::GAP_KIND) });
+                send(Some(body.s.as_bytes()), &body.to_json(), Some(headers))?;
+                done.gap_records += 1;
+            }
+        }
+        if repeated && cfg.drop_repeated {
+            continue;
+        }
+        match frame {
+            Frame::Malformed => send(None, text.as_bytes(), None)?,
             Frame::Trades(data) => {
-                for raw in data {
-                    let key = trade_key(raw);
-                    send(key.as_deref().map(str::as_bytes), raw.get().as_bytes())?;
+                for (raw, head) in data.iter().zip(&heads) {
+                    send(head.symbol.as_deref().map(str::as_bytes), raw.get().as_bytes(), None)?;
                 }
             }
-            Frame::Ping => pings += 1,
+            Frame::Ping => done.pings += 1,
             Frame::Error(msg) => return Err(IngestError::Server(msg.into_owned())),
             Frame::Other => tracing::debug!(frame = %text.as_str(), "ignoring frame"),
         }
@@ -461,5 +545,5 @@ fn produce_frames(
         r.flush()?;
     }
     producer.flush(Duration::from_secs(60)).map_err(IngestError::Produce)?;
-    Ok((records, pings))
+    Ok(done)
 }

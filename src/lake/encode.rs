@@ -10,9 +10,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use dataflows::{Bar, Quarantined, Trade};
+use dataflows::{Bar, Gap, Quarantined, Trade};
 
-use super::schema::{UTC, bars_schema, quarantine_schema, trades_schema};
+use super::schema::{UTC, bars_schema, gaps_schema, quarantine_schema, trades_schema};
 
 /// Column builders for one table.
 pub trait Columns: Send {
@@ -127,6 +127,7 @@ pub struct BarColumns {
     vwap: Float64Builder,
     trade_count: Int64Builder,
     revision: Int32Builder,
+    gap_ms: Int64Builder,
 }
 
 impl Columns for BarColumns {
@@ -146,6 +147,7 @@ impl Columns for BarColumns {
             vwap: Float64Builder::new(),
             trade_count: Int64Builder::new(),
             revision: Int32Builder::new(),
+            gap_ms: Int64Builder::new(),
         }
     }
 
@@ -161,6 +163,7 @@ impl Columns for BarColumns {
         self.vwap.append_option(b.vwap);
         self.trade_count.append_value(b.trade_count.min(i64::MAX as u64) as i64);
         self.revision.append_value(b.revision.min(i32::MAX as u32) as i32);
+        self.gap_ms.append_value(b.gap_ms.min(i64::MAX as u64) as i64);
     }
 
     fn len(&self) -> usize {
@@ -180,6 +183,7 @@ impl Columns for BarColumns {
             Arc::new(self.vwap.finish()),
             Arc::new(self.trade_count.finish()),
             Arc::new(self.revision.finish()),
+            Arc::new(self.gap_ms.finish()),
         ];
         RecordBatch::try_new(Arc::clone(&self.schema), columns)
     }
@@ -225,6 +229,70 @@ impl Columns for QuarantineColumns {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.reason.finish()),
             Arc::new(self.payload.finish()),
+            Arc::new(self.partition.finish()),
+            Arc::new(self.offset.finish()),
+            Arc::new(self.kafka_ts.finish()),
+        ];
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+    }
+}
+
+/// Builders for `gaps`.
+pub struct GapColumns {
+    schema: SchemaRef,
+    symbol: StringBuilder,
+    gap_start: TimestampMillisecondBuilder,
+    gap_end: TimestampMillisecondBuilder,
+    reason: StringBuilder,
+    host: StringBuilder,
+    beyond_horizon: BooleanBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    kafka_ts: TimestampMillisecondBuilder,
+}
+
+impl Columns for GapColumns {
+    type Row = Gap;
+
+    fn new() -> Self {
+        GapColumns {
+            schema: gaps_schema(),
+            symbol: StringBuilder::new(),
+            gap_start: ts_builder(),
+            gap_end: ts_builder(),
+            reason: StringBuilder::new(),
+            host: StringBuilder::new(),
+            beyond_horizon: BooleanBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            kafka_ts: ts_builder(),
+        }
+    }
+
+    fn push(&mut self, g: &Gap) {
+        self.symbol.append_value(&g.body.s);
+        self.gap_start.append_value(g.body.from);
+        self.gap_end.append_value(g.body.to);
+        self.reason.append_value(&g.body.reason);
+        self.host.append_value(&g.body.host);
+        self.beyond_horizon.append_value(g.beyond_horizon);
+        self.partition.append_value(g.partition);
+        self.offset.append_value(g.offset);
+        self.kafka_ts.append_option(g.kafka_ts);
+    }
+
+    fn len(&self) -> usize {
+        self.symbol.len()
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.symbol.finish()),
+            Arc::new(self.gap_start.finish()),
+            Arc::new(self.gap_end.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.host.finish()),
+            Arc::new(self.beyond_horizon.finish()),
             Arc::new(self.partition.finish()),
             Arc::new(self.offset.finish()),
             Arc::new(self.kafka_ts.finish()),

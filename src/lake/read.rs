@@ -4,7 +4,8 @@ use arrow::array::{
     Array, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use bytes::Bytes;
-use dataflows::Bar;
+use dataflows::gap::GapBody;
+use dataflows::{Bar, Gap};
 use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
@@ -101,6 +102,7 @@ pub fn bars(batches: &[RecordBatch]) -> Result<Vec<Bar>, LakeError> {
             (f("open")?, f("high")?, f("low")?, f("close")?, f("volume")?, f("vwap")?);
         let count: &Int64Array = column(batch, "trade_count")?;
         let revision: &Int32Array = column(batch, "revision")?;
+        let gap_ms: &Int64Array = column(batch, "gap_ms")?;
         for i in 0..batch.num_rows() {
             out.push(Bar {
                 symbol: symbol.value(i).into(),
@@ -114,6 +116,39 @@ pub fn bars(batches: &[RecordBatch]) -> Result<Vec<Bar>, LakeError> {
                 vwap: vwap.is_valid(i).then(|| vwap.value(i)),
                 trade_count: count.value(i) as u64,
                 revision: revision.value(i) as u32,
+                gap_ms: gap_ms.value(i).max(0) as u64,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of `gaps`.
+pub fn gaps(batches: &[RecordBatch]) -> Result<Vec<Gap>, LakeError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let symbol: &StringArray = column(batch, "symbol")?;
+        let start = column::<TimestampMillisecondArray>(batch, "gap_start")?;
+        let end = column::<TimestampMillisecondArray>(batch, "gap_end")?;
+        let (reason, host) = (column::<StringArray>(batch, "reason")?, column::<StringArray>(batch, "ingest_host")?);
+        let beyond: &BooleanArray = column(batch, "beyond_horizon")?;
+        let p: &Int32Array = column(batch, "kafka_partition")?;
+        let o: &Int64Array = column(batch, "kafka_offset")?;
+        let ts = column::<TimestampMillisecondArray>(batch, "kafka_ts")?;
+        for i in 0..batch.num_rows() {
+            let body = GapBody {
+                s: symbol.value(i).into(),
+                from: start.value(i),
+                to: end.value(i),
+                reason: reason.value(i).to_owned(),
+                host: host.value(i).to_owned(),
+            };
+            out.push(Gap {
+                body,
+                partition: p.value(i),
+                offset: o.value(i),
+                kafka_ts: ts.is_valid(i).then(|| ts.value(i)),
+                beyond_horizon: beyond.value(i),
             });
         }
     }

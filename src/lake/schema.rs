@@ -18,14 +18,18 @@ pub enum Table {
     Bars(u64),
     /// Rejected records, partitioned by Kafka timestamp.
     Quarantine,
+    /// Intervals ingest received nothing for a symbol, partitioned by gap start.
+    Gaps,
 }
 
 impl Table {
-    /// Every table of a lake with bar widths `widths` (ms): trades, one per width, quarantine.
+    /// Every table of a lake with bar widths `widths` (ms): trades, one per width,
+    /// quarantine, gaps.
     pub fn all(widths: &[u64]) -> Vec<Table> {
         let mut tables = vec![Table::Trades];
         tables.extend(widths.iter().map(|w| Table::Bars(*w)));
         tables.push(Table::Quarantine);
+        tables.push(Table::Gaps);
         tables
     }
 
@@ -35,6 +39,7 @@ impl Table {
         match name {
             "trades" => Some(Table::Trades),
             "quarantine" => Some(Table::Quarantine),
+            "gaps" => Some(Table::Gaps),
             _ => {
                 let label = name.strip_prefix("bars_")?;
                 let width = u64::try_from(humantime::parse_duration(label).ok()?.as_millis()).ok()?;
@@ -43,12 +48,13 @@ impl Table {
         }
     }
 
-    /// Folder and table name: `trades`, `bars_1m`, `quarantine`.
+    /// Folder and table name: `trades`, `bars_1m`, `quarantine`, `gaps`.
     pub fn name(&self) -> String {
         match self {
             Table::Trades => "trades".into(),
             Table::Bars(width) => format!("bars_{}", width_label(*width)),
             Table::Quarantine => "quarantine".into(),
+            Table::Gaps => "gaps".into(),
         }
     }
 
@@ -59,6 +65,7 @@ impl Table {
             Table::Trades => "trade_ts",
             Table::Bars(_) => "window_start",
             Table::Quarantine => "kafka_ts",
+            Table::Gaps => "gap_start",
         }
     }
 
@@ -66,8 +73,11 @@ impl Table {
     pub fn description(&self) -> &'static str {
         match self {
             Table::Trades => "Every valid trade, partitioned by event time (UTC).",
-            Table::Bars(_) => "OHLCV + VWAP bars, every revision; partitioned by window start (UTC).",
+            Table::Bars(_) => {
+                "OHLCV + VWAP bars, every revision, with the gap overlap of each; partitioned by window start (UTC)."
+            }
             Table::Quarantine => "Records that failed cleaning, with the reason; partitioned by Kafka timestamp (UTC).",
+            Table::Gaps => "Intervals ingest received nothing for a symbol; partitioned by gap start (UTC).",
         }
     }
 
@@ -78,6 +88,7 @@ impl Table {
             Table::Trades => trades_schema(),
             Table::Bars(_) => bars_schema(),
             Table::Quarantine => quarantine_schema(),
+            Table::Gaps => gaps_schema(),
         }
     }
 }
@@ -117,7 +128,8 @@ pub fn trades_schema() -> SchemaRef {
     ]))
 }
 
-/// `bars_<w>(symbol, window_start, window_end, open, high, low, close, volume, vwap, trade_count, revision)`.
+/// `bars_<w>(symbol, window_start, window_end, open, high, low, close, volume, vwap, trade_count, revision,
+/// gap_ms)`.
 pub fn bars_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("symbol", DataType::Utf8, false),
@@ -131,6 +143,23 @@ pub fn bars_schema() -> SchemaRef {
         Field::new("vwap", DataType::Float64, true),
         Field::new("trade_count", DataType::Int64, false),
         Field::new("revision", DataType::Int32, false),
+        Field::new("gap_ms", DataType::Int64, false),
+    ]))
+}
+
+/// `gaps(symbol, gap_start, gap_end, reason, ingest_host, beyond_horizon, kafka_partition, kafka_offset,
+/// kafka_ts)`.
+pub fn gaps_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("gap_start", timestamp(), false),
+        Field::new("gap_end", timestamp(), false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("ingest_host", DataType::Utf8, false),
+        Field::new("beyond_horizon", DataType::Boolean, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("kafka_ts", timestamp(), true),
     ]))
 }
 

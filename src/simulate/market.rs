@@ -158,6 +158,11 @@ impl Market {
         self.symbols.iter().map(|s| s.name.as_str())
     }
 
+    /// Lets `length` of market time pass without trades (an outage: nothing was sent).
+    pub fn skip(&mut self, length: std::time::Duration) {
+        self.clock_ms += length.as_secs_f64() * 1000.0;
+    }
+
     /// The next frame holding up to `max_records` records for subscribers of `subscribed`
     /// (indexed like [`Market::symbols`]); `None` if the universe produced nothing for them
     /// within a bounded number of draws (keeps a rare subscription from spinning forever).

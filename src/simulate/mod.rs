@@ -5,4 +5,4 @@ mod server;
 pub mod topic;
 
 pub use market::{Market, MarketConfig, universe};
-pub use server::{ERROR_MESSAGE, Faults, Replay, SimulateConfig, serve};
+pub use server::{ERROR_MESSAGE, Faults, Outage, Replay, SimulateConfig, serve};

@@ -1,6 +1,6 @@
 //! The websocket side of the simulator: Finnhub's subscribe protocol, trade and ping frames,
-//! optional pacing, injected faults (disconnects, stalls, error frames), and a final close
-//! after a fixed number of records.
+//! optional pacing, injected faults (disconnects, stalls, error frames, repeated frames,
+//! outages), and a final close after a fixed number of records.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +11,8 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request as HttpRequest, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -71,6 +73,19 @@ pub struct Faults {
     /// Send every this many trade frames of a connection twice, byte for byte (Finnhub has
     /// been seen repeating frames); the copies do not count towards `total`.
     pub duplicate_every: Option<u64>,
+    /// Feed outages, by the number of records sent (over all connections) they start at.
+    pub outages: Vec<Outage>,
+}
+
+/// A feed outage: once `at` records have been sent, every connection is closed, the next
+/// connection attempt is refused (HTTP 503), and `length` of market time passes unsent, as
+/// the trades of a real outage are never received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outage {
+    /// Records sent before it starts.
+    pub at: u64,
+    /// Market time lost.
+    pub length: Duration,
 }
 
 /// The error the simulator sends for `error_after`, worded like Finnhub's.
@@ -93,14 +108,57 @@ struct Server {
     sent: AtomicU64,
     /// Next recorded frame to play, when replaying.
     cursor: Mutex<usize>,
+    /// Outages still to come, earliest first.
+    outages: Mutex<Vec<Outage>>,
+    /// Outages so far: a connection opened before the latest one is closed.
+    outage_count: AtomicU64,
+    /// Connection attempts still to refuse.
+    refuse: AtomicU64,
+}
+
+impl Server {
+    /// The record count the next outage starts at.
+    fn next_outage(&self) -> Option<u64> {
+        self.outages.lock().ok().and_then(|o| o.first().map(|o| o.at))
+    }
+
+    /// Starts every outage due by `sent` records: market time passes unsent, connections
+    /// close, the next attempt is refused.
+    fn start_outages(&self, sent: u64) {
+        let Ok(mut outages) = self.outages.lock() else { return };
+        while outages.first().is_some_and(|o| o.at <= sent) {
+            let outage = outages.remove(0);
+            if let Ok(mut market) = self.market.lock() {
+                market.skip(outage.length);
+            }
+            self.refuse.fetch_add(1, Ordering::AcqRel);
+            self.outage_count.fetch_add(1, Ordering::AcqRel);
+            tracing::info!(at = outage.at, length_ms = outage.length.as_millis() as u64, "simulated outage");
+        }
+    }
+
+    /// Whether to refuse a connection attempt now (and count it refused).
+    fn refusing(&self) -> bool {
+        self.refuse.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+    }
 }
 
 /// Accepts connections on `listener` forever, all served from one market.
 pub async fn serve(listener: TcpListener, cfg: SimulateConfig) -> std::io::Result<()> {
     let market = Market::new(cfg.market.clone());
     let index = Arc::new(market.symbols().enumerate().map(|(i, s)| (s.to_owned(), i)).collect());
-    let server =
-        Arc::new(Server { cfg, market: Mutex::new(market), index, sent: AtomicU64::new(0), cursor: Mutex::new(0) });
+    let mut outages = cfg.faults.outages.clone();
+    outages.sort_by_key(|o| o.at);
+    let server = Arc::new(Server {
+        cfg,
+        market: Mutex::new(market),
+        index,
+        sent: AtomicU64::new(0),
+        cursor: Mutex::new(0),
+        outages: Mutex::new(outages),
+        outage_count: AtomicU64::new(0),
+        refuse: AtomicU64::new(0),
+    });
     loop {
         let (stream, peer) = listener.accept().await?;
         let server = Arc::clone(&server);
@@ -120,10 +178,22 @@ enum Ending {
     ClientGone,
 }
 
+// The handshake callback's error type is tungstenite's own HTTP response.
+#[allow(clippy::result_large_err)]
 async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let cfg = &server.cfg;
     stream.set_nodelay(true).ok();
-    let ws = tokio_tungstenite::accept_async(stream).await?;
+    let refuse = server.refusing();
+    let ws = tokio_tungstenite::accept_hdr_async(stream, |_: &HttpRequest, response: Response| {
+        if refuse {
+            let mut refused = ErrorResponse::new(Some("feed outage".into()));
+            *refused.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Err(refused);
+        }
+        Ok(response)
+    })
+    .await?;
+    let outages_seen = server.outage_count.load(Ordering::Acquire);
     let (mut tx, mut rx) = ws.split();
     let subs = Arc::new(Subscriptions {
         flags: Mutex::new(vec![false; server.index.len()]),
@@ -166,6 +236,10 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
         if cfg.faults.disconnect_every.is_some_and(|n| sent >= n) {
             break Ending::Disconnect;
         }
+        server.start_outages(total_sent);
+        if server.outage_count.load(Ordering::Acquire) != outages_seen {
+            break Ending::Disconnect;
+        }
         if cfg.faults.error_after.is_some_and(|n| sent >= n) {
             break Ending::Error;
         }
@@ -186,6 +260,7 @@ async fn connection(stream: TcpStream, server: &Server) -> Result<(), tokio_tung
         }
         let budget = cfg.total.map_or(usize::MAX, |t| (t - total_sent) as usize);
         let budget = cfg.faults.disconnect_every.map_or(budget, |n| budget.min((n - sent) as usize));
+        let budget = server.next_outage().map_or(budget, |at| budget.min(at.saturating_sub(total_sent) as usize));
         let frame = match &cfg.replay {
             Some(replay) => {
                 let Ok(mut cursor) = server.cursor.lock() else { break Ending::Error };

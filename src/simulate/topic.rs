@@ -115,7 +115,7 @@ pub fn generate(shape: &TopicShape) -> MemLog {
         let volume = rng.u32(1..500);
         let payload = format!(r#"{{"s":"{symbol}","p":{:.2},"t":{t},"v":{volume},"c":["1","12"]}}"#, prices[k]);
         let timestamp = Some(shape.stamped_at.unwrap_or(now + 30));
-        log.partitions[p as usize].push(MemRecord { timestamp, payload: Some(payload.into_bytes()) });
+        log.partitions[p as usize].push(MemRecord { kind: None, timestamp, payload: Some(payload.into_bytes()) });
     }
     log
 }

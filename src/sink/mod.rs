@@ -1,8 +1,8 @@
-//! The lake sink: the dataflow's trades, quarantine and bars into Parquet files staged per
-//! publish epoch, each reported to the committer once stored.
+//! The lake sink: the dataflow's trades, quarantine, gaps and bars into Parquet files staged
+//! per publish epoch, each reported to the committer once stored.
 //!
 //! A row at timely time `t` belongs to its table's epoch (`dataflows::epoch`): the first
-//! multiple of the table's publish interval above `t`. Trades and quarantine keep one open
+//! multiple of the table's publish interval above `t`. Trades, quarantine and gaps keep one open
 //! file per (epoch, hour partition), closed when the frontier reaches the epoch; bars are
 //! routed by table and hour to one worker, which republishes the hour's file whole
 //! (`crate::lake::republish`) in a Hive lake, or writes the rows of each publish to a new file
@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use dataflows::epoch::{Epochs, Output};
-use dataflows::{Bar, Quarantined, Reason, Time, Trade};
+use dataflows::{Bar, Gap, Quarantined, Reason, Time, Trade};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -23,7 +23,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use tokio::runtime::Handle;
 
-use crate::lake::encode::{BarColumns, QuarantineColumns, TradeColumns};
+use crate::lake::encode::{BarColumns, GapColumns, QuarantineColumns, TradeColumns};
 use crate::lake::republish::HourFiles;
 use crate::lake::writer::{FileNamer, FileSink, Staged, TableFiles, WriteStats, WriterConfig};
 use crate::lake::{Lake, LakeError, Table, TableFormat, hour_of};
@@ -77,6 +77,7 @@ pub struct LakeWriter {
     bars: Vec<BarFiles>,
     epochs: Epochs,
     quarantine: TableFiles<QuarantineColumns>,
+    gaps: TableFiles<GapColumns>,
     files: FileSink,
     metrics: JobMetrics,
     /// Bar table names, by width index (for their metric labels).
@@ -108,6 +109,7 @@ impl LakeWriter {
             bars,
             epochs: cfg.epochs,
             quarantine: TableFiles::new(Table::Quarantine, cfg.writer.clone())?,
+            gaps: TableFiles::new(Table::Gaps, cfg.writer.clone())?,
             files: FileSink::new(FileNamer::new(lake, worker, run), runtime, &cfg.writer),
         })
     }
@@ -118,6 +120,7 @@ impl LakeWriter {
             bars.publish(epoch, &self.epochs, &mut self.files)?;
         }
         self.quarantine.close_through(epoch, &mut self.files)?;
+        self.gaps.close_through(epoch, &mut self.files)?;
         self.files.reap()
     }
 
@@ -137,22 +140,34 @@ fn bar_route(width: u8, bar: &Bar) -> u64 {
 /// Where the sink reports a failure; the driver stops the worker when it is set.
 pub type SinkError = Rc<RefCell<Option<LakeError>>>;
 
+/// The pipeline's streams the sink writes.
+pub struct SinkInputs<'scope> {
+    /// Valid trades.
+    pub trades: StreamVec<'scope, Time, Trade>,
+    /// Rejected records.
+    pub quarantine: StreamVec<'scope, Time, Quarantined>,
+    /// Gap records.
+    pub gaps: StreamVec<'scope, Time, Gap>,
+    /// Bar rows, tagged with their width index.
+    pub bars: StreamVec<'scope, Time, (u8, Bar)>,
+}
+
 /// Attaches the lake sink to a pipeline's outputs. Bar rows before `committed` (a restart's
 /// commit point) are already in the lake and are dropped. Returns the failure slot and the
 /// stream of staged files.
 pub fn lake_sink<'scope>(
-    trades: StreamVec<'scope, Time, Trade>,
-    quarantine: StreamVec<'scope, Time, Quarantined>,
-    bars: StreamVec<'scope, Time, (u8, Bar)>,
+    inputs: SinkInputs<'scope>,
     writer: Rc<RefCell<LakeWriter>>,
     cfg: &SinkConfig,
     committed: Time,
 ) -> (SinkError, StreamVec<'scope, Time, Staged>) {
+    let SinkInputs { trades, quarantine, gaps, bars } = inputs;
     let scope = trades.scope();
     let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
     let info = builder.operator_info();
     let mut trades_in = builder.new_input(trades, Pipeline);
     let mut quarantine_in = builder.new_input(quarantine, Pipeline);
+    let mut gaps_in = builder.new_input(gaps, Pipeline);
     // One worker per bar table and hour writes that hour's file.
     let mut bars_in = builder.new_input(bars, Exchange::new(|(width, bar): &(u8, Bar)| bar_route(*width, bar)));
     let (staged_out, staged) = builder.new_output();
@@ -203,6 +218,18 @@ pub fn lake_sink<'scope>(
             for (reason, n) in Reason::ALL.iter().zip(reasons).filter(|(_, n)| *n > 0) {
                 w.metrics.quarantine(reason.as_str(), n);
             }
+            gaps_in.for_each_stamp(|stamp, data| {
+                let epoch = epochs.epoch(Output::Gaps, stamp.least().copied().unwrap_or(0));
+                let (mut rows, mut beyond) = (0, 0);
+                for g in data.flat_map(|b| b.drain(..)) {
+                    if result.is_ok() {
+                        rows += 1;
+                        beyond += u64::from(g.beyond_horizon);
+                        result = w.gaps.push(epoch, hour_of(g.body.from), &g, &mut w.files);
+                    }
+                }
+                w.metrics.gaps(rows, beyond);
+            });
             let mut bar_rows = vec![0u64; w.bars.len()];
             let mut revisions = 0;
             bars_in.for_each_stamp(|stamp, data| {

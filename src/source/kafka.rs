@@ -20,7 +20,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -252,6 +252,13 @@ fn take<'a>(
     }
 }
 
+/// The value of the record's `stockflow-kind` header, if it has one (trades have none).
+#[inline]
+fn kind_header<'a>(msg: &'a BorrowedMessage<'_>) -> Option<&'a [u8]> {
+    let headers = msg.headers()?;
+    headers.iter().find(|h| h.key == dataflows::gap::KIND_HEADER).map(|h| h.value.unwrap_or_default())
+}
+
 /// Hands one record to `each` and moves its partition's position past it.
 fn deliver(next: &mut i64, msg: &BorrowedMessage<'_>, each: &mut dyn FnMut(RawRecord<'_>)) {
     let offset = msg.offset();
@@ -260,6 +267,7 @@ fn deliver(next: &mut i64, msg: &BorrowedMessage<'_>, each: &mut dyn FnMut(RawRe
         offset,
         timestamp: msg.timestamp().to_millis(),
         payload: msg.payload(),
+        kind: kind_header(msg),
     });
     *next = offset + 1;
 }

@@ -33,6 +33,8 @@ pub fn settings() -> stockflow::commit::Settings {
 pub struct Landed {
     pub trades: BTreeMap<(i32, i64), bool>,
     pub quarantine: BTreeMap<(i32, i64), String>,
+    /// Gap rows by Kafka position: the body and whether it was beyond the horizon.
+    pub gaps: BTreeMap<(i32, i64), (dataflows::gap::GapBody, bool)>,
     /// Bar rows of every width table, tagged with the width index.
     pub bars: Vec<(u8, dataflows::Bar)>,
     pub duplicates: usize,
@@ -51,11 +53,12 @@ pub async fn read_lake(lake: &Lake, widths: &[u64]) -> Landed {
 pub async fn read_lake_from(lake: &Lake, widths: &[u64], iceberg: Option<&IcebergTables>) -> Landed {
     let trades = read::rows(lake, &Table::Trades, iceberg).await.expect("trades");
     let quarantine = read::rows(lake, &Table::Quarantine, iceberg).await.expect("quarantine");
+    let gaps = read::rows(lake, &Table::Gaps, iceberg).await.expect("gaps");
     let mut bars = Vec::new();
     for width in widths {
         bars.push(read::rows(lake, &Table::Bars(*width), iceberg).await.expect("bars"));
     }
-    landed(trades, quarantine, bars)
+    landed(trades, quarantine, gaps, bars)
 }
 
 /// The rows of each table as read by another engine into `<dir>/<table>.parquet`, their
@@ -75,12 +78,28 @@ pub async fn read_exported(dir: &std::path::Path, widths: &[u64]) -> Landed {
     for width in widths {
         bars.push(read(Table::Bars(*width)).await);
     }
-    landed(read(Table::Trades).await, read(Table::Quarantine).await, bars)
+    landed(read(Table::Trades).await, read(Table::Quarantine).await, read(Table::Gaps).await, bars)
 }
 
-/// Rows of trades, quarantine and each bar table, keyed.
-fn landed(trades: Vec<RecordBatch>, quarantine: Vec<RecordBatch>, bars: Vec<Vec<RecordBatch>>) -> Landed {
-    let mut landed = Landed { trades: BTreeMap::new(), quarantine: BTreeMap::new(), bars: Vec::new(), duplicates: 0 };
+/// Rows of trades, quarantine, gaps and each bar table, keyed.
+fn landed(
+    trades: Vec<RecordBatch>,
+    quarantine: Vec<RecordBatch>,
+    gaps: Vec<RecordBatch>,
+    bars: Vec<Vec<RecordBatch>>,
+) -> Landed {
+    let mut landed = Landed {
+        trades: BTreeMap::new(),
+        quarantine: BTreeMap::new(),
+        gaps: BTreeMap::new(),
+        bars: Vec::new(),
+        duplicates: 0,
+    };
+    for g in read::gaps(&gaps).expect("gap rows") {
+        if landed.gaps.insert((g.partition, g.offset), (g.body, g.beyond_horizon)).is_some() {
+            landed.duplicates += 1;
+        }
+    }
     for batch in trades {
         let (p, o) = (column::<Int32Array>(&batch, "kafka_partition"), column::<Int64Array>(&batch, "kafka_offset"));
         let late = column::<BooleanArray>(&batch, "late");

@@ -4,6 +4,8 @@
 //! the total order `(t, partition, offset)`, and volume and notional are summed exactly in fixed
 //! point, so a bar is the same whichever worker, interleaving or replay produced it.
 
+mod flags;
+mod number;
 mod partials;
 mod revisions;
 
@@ -15,11 +17,14 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use differential_dataflow::AsCollection;
+
 use crate::Time;
+use crate::gap::GapTick;
 use crate::time::TimeConfig;
 use crate::trade::{Symbol, Trade};
 use partials::Partials;
-use revisions::{Revisions, Rows};
+use revisions::{Revisions, Updates};
 
 /// A bar's identity: index of its width in [`BarsConfig::widths`], symbol, window start.
 pub type BarKey = (u8, Symbol, i64);
@@ -68,20 +73,46 @@ pub fn symbol_route(symbol: &str) -> u64 {
     h.finish()
 }
 
-/// Ticks in; bar rows (every revision, tagged with the width index) out.
+/// Ticks and gap ticks in; bar rows (every revision, tagged with the width index, with the
+/// gap overlap of each) out.
+///
+/// The bars are a differential collection: the fold ([`fold`]) makes each bar's versions,
+/// the gap windows ([`flags::gap_ms`]) say how much of each window a gap covers, a left join
+/// puts the two together, and [`number`] writes every change of a bar as its next revision.
+/// A gap that arrives after the bars it touches were written therefore revises them, as a
+/// late trade does, with no bookkeeping of its own.
+pub fn bars<'scope>(
+    ticks: StreamVec<'scope, Time, Tick>,
+    gaps: StreamVec<'scope, Time, GapTick>,
+    cfg: BarsConfig,
+) -> StreamVec<'scope, Time, (u8, Bar)> {
+    let versions = fold(ticks, cfg.clone()).as_collection();
+    let flagged = flags::flag(versions, flags::gap_ms(gaps, &cfg));
+    number::number(flagged, cfg)
+}
+
+/// Ticks in; the bar collection out: each bar enters at its window end, changes (retraction
+/// and insertion) at each time a late trade within the horizon revises it, and leaves at
+/// window end + horizon.
 ///
 /// Ticks are exchanged by symbol, folded into per-time partials as they arrive, and applied
 /// to the bar state in time order once the frontier has passed their time: a keyed fold
 /// whose changes over time are the revisions. The fold is a semigroup (`BarAcc::merge`), so
 /// each bar is one accumulator, not a history of updates, and it is dropped at window end +
 /// horizon: state is bounded by symbols x windows within the horizon, whatever the input.
-pub fn bars<'scope>(ticks: StreamVec<'scope, Time, Tick>, cfg: BarsConfig) -> StreamVec<'scope, Time, (u8, Bar)> {
+/// (A differential `reduce` over the trades was measured slower and larger than this fold.)
+pub fn fold<'scope>(
+    ticks: StreamVec<'scope, Time, Tick>,
+    cfg: BarsConfig,
+) -> StreamVec<'scope, Time, ((BarKey, BarAcc), Time, isize)> {
     let pact = Exchange::new(|t: &Tick| symbol_route(&t.symbol));
     ticks.unary_frontier(pact, "Bars", move |initial, _info| {
         let mut partials = Partials::new(cfg.clone());
         let mut revisions = Revisions::new(cfg);
-        // Held at the least time a row may still leave at: the input frontier (ticks yet to
-        // come), the earliest pending partials, or the earliest unwritten window end.
+        // Held at the least time a change may still leave at: the input frontier (ticks yet
+        // to come), the earliest pending partials, the earliest window to enter, or the
+        // earliest retraction (always at or after the input frontier, so holding it delays
+        // nothing downstream).
         let mut cap: Option<Capability<Time>> = Some(initial);
 
         move |(input, frontier), output| {
@@ -93,32 +124,41 @@ pub fn bars<'scope>(ticks: StreamVec<'scope, Time, Tick>, cfg: BarsConfig) -> St
             });
 
             let frontier_time: Option<Time> = frontier.frontier().first().copied();
-            let mut rows: Rows = Vec::new();
+            let mut updates: Updates = Vec::new();
             while let Some((time, changes)) = partials.pop_before(frontier_time) {
-                revisions.apply(time, changes, &mut rows);
+                revisions.apply(time, changes, &mut updates);
             }
             let upto = frontier_time.map_or(i64::MAX, |f| f as i64);
-            revisions.write_due(upto, &mut rows);
-            revisions.expire(upto);
+            revisions.write_due(upto, &mut updates);
+            revisions.expire(upto, &mut updates);
 
             if let Some(c) = cap.as_mut() {
-                rows.sort_by_key(|(time, _)| *time);
-                let mut rows = rows.into_iter().peekable();
-                while let Some((time, _)) = rows.peek() {
-                    let at = c.delayed(&(*time).max(*c.time()));
-                    let time = *time;
+                updates.sort_by_key(|(_, time, _)| *time);
+                let mut updates = updates.into_iter().peekable();
+                while let Some((_, time, _)) = updates.peek() {
+                    let time = (*time).max(*c.time());
+                    let at = c.delayed(&time);
                     let mut session = output.session(&at);
-                    while let Some((_, row)) = rows.next_if(|(t, _)| *t == time) {
-                        session.give(row);
+                    while let Some((data, _, diff)) = updates.next_if(|(_, t, _)| (*t).max(*c.time()) == time) {
+                        session.give((data, time, diff));
                     }
                 }
-                match [frontier_time, partials.first_time(), revisions.next_due()].into_iter().flatten().min() {
+                let holds = [frontier_time, partials.first_time(), revisions.next_due(), revisions.next_expiry()];
+                match holds.into_iter().flatten().min() {
                     None => cap = None,
                     Some(low) => c.downgrade(&low.max(*c.time())),
                 }
             }
         }
     })
+}
+
+/// Whether a gap that arrived at `time` may flag a bar of some width (else it is beyond the
+/// horizon: stored in the `gaps` table and counted only).
+pub fn gap_may_flag(cfg: &BarsConfig, gap: &GapTick, time: Time) -> bool {
+    let mut any = false;
+    flags::windows(cfg, gap, time, |_, _| any = true);
+    any
 }
 
 /// Prices and volumes are accumulated in units of 1e-9 (crypto volumes carry up to 8
@@ -183,8 +223,11 @@ pub struct Bar {
     pub vwap: Option<f64>,
     /// Number of trades.
     pub trade_count: u64,
-    /// 0 for the first version of the bar, then 1, 2, ... for each revision by late trades.
+    /// 0 for the first version of the bar, then 1, 2, ... for each revision by late trades
+    /// or gaps.
     pub revision: u32,
+    /// How many ms of the window a gap of the symbol's feed covers (0: none known).
+    pub gap_ms: u64,
 }
 
 type OrderKey = (i64, i32, i64);
@@ -263,6 +306,7 @@ impl BarAcc {
             vwap,
             trade_count: self.count,
             revision,
+            gap_ms: 0,
         }
     }
 }

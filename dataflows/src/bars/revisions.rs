@@ -1,24 +1,27 @@
-//! Revisions: the state of every bar that can still change, and the rows its changes write.
-//! Revision 0 of a bar is written when the frontier passes its window end; every later time at
-//! which the bar changes (a late trade within the horizon) writes the next revision. At window
-//! end + horizon no trade can change the bar again and its state is dropped, writing nothing.
+//! Revisions: the state of every bar that can still change, and the changes to the bar
+//! collection it makes. A bar enters the collection when the frontier passes its window end;
+//! every later time at which it changes (a late trade within the horizon) retracts the old
+//! version and inserts the new one. At window end + horizon no trade can change the bar again:
+//! its state is dropped and its last version retracted, so everything downstream of the
+//! collection (the gap join's arrangements) forgets it too.
 //!
-//! Each row leaves at a timely time fixed by the log alone: revision 0 at its window end (or,
-//! for a bar made only of late trades, at the time of that change), revision n at the time of
-//! the change that made it. What is output before a time is therefore a function of the log,
-//! which a replay that must skip already-written output relies on.
+//! Each change happens at a timely time fixed by the log alone: a bar's entry at its window's
+//! last instant (`end - 1`; or, for a bar made only of late trades, at the time of that change), a revision at
+//! the time of the change that made it, the retraction at its expiry. What is output before a
+//! time is therefore a function of the log, which a replay that must skip already-written
+//! output relies on.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::partials::expiry;
-use super::{Bar, BarAcc, BarKey, BarsConfig};
+use super::{BarAcc, BarKey, BarsConfig};
 use crate::Time;
 
 /// What is known of one bar.
 struct BarState {
     latest: BarAcc,
-    /// Revision last written, `None` before revision 0.
-    written: Option<u32>,
+    /// Whether the bar is in the collection (its window has ended).
+    written: bool,
 }
 
 /// The live bars of a worker: a key index into slots that are reused once a bar expires.
@@ -54,10 +57,12 @@ impl Live {
         self.index.insert(key, slot);
     }
 
-    fn remove(&mut self, key: &BarKey) {
-        if let Some(slot) = self.index.remove(key) {
-            self.free.push(slot);
-        }
+    /// Removes a bar, giving its state back (its slot keeps a copy until reused).
+    fn take(&mut self, key: &BarKey) -> Option<BarState> {
+        let slot = self.index.remove(key)?;
+        self.free.push(slot);
+        let state = &self.slots[slot as usize];
+        Some(BarState { latest: state.latest.clone(), written: state.written })
     }
 
     /// Gives back memory after a burst of bars has expired.
@@ -73,8 +78,8 @@ impl Live {
     }
 }
 
-/// Bar rows with the timely time each leaves at.
-pub(super) type Rows = Vec<(Time, (u8, Bar))>;
+/// Changes to the bar collection: `((key, state), time, diff)`.
+pub(super) type Updates = Vec<((BarKey, BarAcc), Time, isize)>;
 
 /// The live bars of one worker and their revision numbering.
 pub(super) struct Revisions {
@@ -95,12 +100,11 @@ impl Revisions {
         key.2 + self.cfg.widths[key.0 as usize] as i64
     }
 
-    fn row(&self, key: &BarKey, acc: &BarAcc, revision: u32) -> (u8, Bar) {
-        (key.0, acc.finish(key.1.clone(), key.2, self.cfg.widths[key.0 as usize], revision))
-    }
-
-    /// Writes revision 0 of every bar whose window ended by `upto`, by window end then key.
-    pub(super) fn write_due(&mut self, upto: i64, rows: &mut Rows) {
+    /// Inserts every bar whose window ended by `upto` into the collection, at the window's last
+    /// instant (`end - 1`): it holds the ticks of every time before its end, and a late trade
+    /// placed at the end itself (a tick time, a multiple of the base window) then revises it
+    /// rather than merging into its first version.
+    pub(super) fn write_due(&mut self, upto: i64, rows: &mut Updates) {
         while let Some(entry) = self.unwritten.first_entry() {
             if *entry.key() > upto {
                 break;
@@ -109,16 +113,15 @@ impl Revisions {
             keys.sort_unstable();
             for key in keys {
                 if let Some(s) = self.state.get_mut(&key) {
-                    s.written = Some(0);
-                    let acc = s.latest.clone();
-                    rows.push((end as Time, self.row(&key, &acc, 0)));
+                    s.written = true;
+                    rows.push(((key, s.latest.clone()), (end - 1).max(0) as Time, 1));
                 }
             }
         }
     }
 
     /// Applies the partials of one completed time, in key order.
-    pub(super) fn apply(&mut self, time: Time, partials: HashMap<BarKey, BarAcc>, rows: &mut Rows) {
+    pub(super) fn apply(&mut self, time: Time, partials: HashMap<BarKey, BarAcc>, rows: &mut Updates) {
         // Everything ending by `time` is complete: its revision 0 goes first.
         self.write_due(time as i64, rows);
         let mut partials: Vec<_> = partials.into_iter().collect();
@@ -126,22 +129,23 @@ impl Revisions {
         for (key, partial) in partials {
             match self.state.get_mut(&key) {
                 Some(s) => {
+                    if s.written {
+                        rows.push(((key.clone(), s.latest.clone()), time, -1));
+                    }
                     s.latest.merge(&partial);
-                    if let Some(r) = s.written {
-                        s.written = Some(r + 1);
-                        let acc = s.latest.clone();
-                        rows.push((time, self.row(&key, &acc, r + 1)));
+                    if s.written {
+                        rows.push(((key, s.latest.clone()), time, 1));
                     }
                 }
                 None => {
                     let end = self.window_end(&key);
                     let written = if end <= time as i64 {
-                        // A bar made only of late trades: its first version is revision 0.
-                        rows.push((time, self.row(&key, &partial, 0)));
-                        Some(0)
+                        // A bar made only of late trades enters the collection at once.
+                        rows.push(((key.clone(), partial.clone()), time, 1));
+                        true
                     } else {
                         self.unwritten.entry(end).or_default().push(key.clone());
-                        None
+                        false
                     };
                     self.expiring.entry(expiry(&self.cfg, key.0, key.2)).or_default().push(key.clone());
                     self.state.insert(key, BarState { latest: partial, written });
@@ -150,23 +154,35 @@ impl Revisions {
         }
     }
 
-    /// Drops the state of every bar that expires by `upto`: no tick at `upto` or later can
-    /// change it (see [`expiry`]), and every earlier time has been applied.
-    pub(super) fn expire(&mut self, upto: i64) {
+    /// Drops the state of every bar that expires by `upto`, retracting it at its expiry: no
+    /// tick at that time or later can change it (see [`expiry`]), and every earlier time has
+    /// been applied.
+    pub(super) fn expire(&mut self, upto: i64, rows: &mut Updates) {
         while let Some(entry) = self.expiring.first_entry() {
             if *entry.key() > upto {
                 break;
             }
-            for key in entry.remove() {
-                self.state.remove(&key);
+            let (at, mut keys) = entry.remove_entry();
+            keys.sort_unstable();
+            for key in keys {
+                if let Some(s) = self.state.take(&key) {
+                    if s.written {
+                        rows.push(((key, s.latest), at.max(0) as Time, -1));
+                    }
+                }
             }
         }
         self.state.shrink();
     }
 
-    /// The earliest window end whose revision 0 is still to be written.
+    /// The earliest time a live bar is retracted at.
+    pub(super) fn next_expiry(&self) -> Option<Time> {
+        self.expiring.first_key_value().map(|(at, _)| (*at).max(0) as Time)
+    }
+
+    /// The earliest time a bar still to enter the collection enters at.
     pub(super) fn next_due(&self) -> Option<Time> {
-        self.unwritten.first_key_value().map(|(end, _)| (*end).max(0) as Time)
+        self.unwritten.first_key_value().map(|(end, _)| (*end - 1).max(0) as Time)
     }
 }
 
@@ -186,7 +202,7 @@ mod tests {
         const MIN: i64 = 60_000;
         let cfg = BarsConfig { widths: vec![MIN as u64], horizon_ms: 5 * MIN as u64 };
         let mut revisions = Revisions::new(cfg);
-        let mut rows = Rows::new();
+        let mut rows = Updates::new();
         for minute in 0..100 {
             let time = minute * MIN;
             let mut partials = HashMap::new();
@@ -199,15 +215,25 @@ mod tests {
             }
             revisions.apply(time as Time, partials, &mut rows);
             revisions.write_due(time, &mut rows);
-            revisions.expire(time);
+            revisions.expire(time, &mut rows);
             // Windows [t - 5m, t] of three symbols at most: older ones have expired.
             assert!(revisions.state.len() <= 3 * 7, "{} bars held at minute {minute}", revisions.state.len());
             assert!(revisions.expiring.values().map(Vec::len).sum::<usize>() == revisions.state.len());
         }
-        let revised: Vec<_> = rows.iter().filter(|(_, (_, bar))| bar.revision == 1).collect();
+        // Each late partial retracts the written bar and inserts its revision.
+        let revised: Vec<_> = rows.iter().filter(|((_, acc), _, diff)| *diff > 0 && acc.count() == 2).collect();
         assert_eq!(revised.len(), 97);
-        assert!(revised.iter().all(|(_, (_, bar))| bar.symbol == "A" && bar.trade_count == 2));
-        // Every bar whose window has ended got its revision 0, once.
-        assert_eq!(rows.iter().filter(|(_, (_, bar))| bar.revision == 0).count(), 3 * 99);
+        assert!(revised.iter().all(|(((_, symbol, _), _), _, _)| symbol == "A"));
+        // Every bar whose window has ended entered the collection once, and every expired one
+        // left it: what remains are the bars still live.
+        let inserted = rows.iter().filter(|(_, _, diff)| *diff > 0).count();
+        assert_eq!(inserted, 3 * 99 + 97);
+        let mut net: HashMap<(BarKey, BarAcc), isize> = HashMap::new();
+        for (data, _, diff) in &rows {
+            *net.entry(data.clone()).or_default() += diff;
+        }
+        net.retain(|_, d| *d != 0);
+        assert!(net.values().all(|d| *d == 1));
+        assert_eq!(net.len(), revisions.state.len() - 3, "live bars, less the three of the last window");
     }
 }

@@ -41,6 +41,8 @@ pub struct RawRecord<'a> {
     pub timestamp: Option<i64>,
     /// The value bytes.
     pub payload: Option<&'a [u8]>,
+    /// The value of its `stockflow-kind` header (`None`: a trade; see [`crate::gap`]).
+    pub kind: Option<&'a [u8]>,
 }
 
 /// What a poll of the source found.

@@ -27,6 +27,7 @@ use super::{RawRecord, RecordSource, SourceConfig, SourcePoll};
 use crate::Time;
 use crate::bars::{BarsConfig, Tick};
 use crate::clean::quarantine_payload;
+use crate::gap::{Gap, GapTick};
 use crate::resume::Crossing;
 use crate::trade::{Quarantined, Trade};
 
@@ -46,6 +47,10 @@ pub struct SourceStreams<'scope, E> {
     pub quarantine: StreamVec<'scope, Time, Quarantined>,
     /// The bar inputs of every valid trade, with the watermark it arrived at.
     pub ticks: StreamVec<'scope, Time, Tick>,
+    /// Gap records for the `gaps` table, at the partition's frontier.
+    pub gaps: StreamVec<'scope, Time, Gap>,
+    /// The bar inputs of every gap record (committed ones too), with the watermark it arrived at.
+    pub gap_ticks: StreamVec<'scope, Time, GapTick>,
     /// The source's positions each time its frontier moves, at the time it moved from.
     pub crossings: StreamVec<'scope, Time, Crossing>,
     /// Filled when the source fails; the capability is then held so nothing incomplete is emitted.
@@ -58,15 +63,32 @@ struct Batches {
     trades: BTreeMap<Time, Vec<Trade>>,
     quarantine: BTreeMap<Time, Vec<Quarantined>>,
     ticks: BTreeMap<Time, Vec<Tick>>,
+    gaps: BTreeMap<Time, Vec<Gap>>,
+    gap_ticks: BTreeMap<Time, Vec<GapTick>>,
 }
 
 impl Batches {
+    /// `(time, records)` of every batch going down the pipeline: every record is a tick, a
+    /// gap tick or a quarantine row (trades and gap rows are subsets of the ticks and gap ticks).
+    fn sent(&self) -> Vec<(Time, usize)> {
+        fn sizes<D>(batches: &BTreeMap<Time, Vec<D>>) -> impl Iterator<Item = (Time, usize)> + '_ {
+            batches.iter().map(|(t, b)| (*t, b.len()))
+        }
+        sizes(&self.ticks).chain(sizes(&self.quarantine)).chain(sizes(&self.gap_ticks)).collect()
+    }
+
     fn place(&mut self, rec: &RawRecord<'_>, placed: Placed) {
         match placed {
             Placed::Trade { time, trade, watermark, committed } => {
                 self.ticks.entry(time).or_default().push(Tick::new(&trade, watermark));
                 if !committed {
                     self.trades.entry(time).or_default().push(trade);
+                }
+            }
+            Placed::Gap { time, gap, tick, committed } => {
+                self.gap_ticks.entry(time).or_default().push(tick);
+                if !committed {
+                    self.gaps.entry(time).or_default().push(gap);
                 }
             }
             Placed::Quarantine { time, reason, committed: false } => {
@@ -85,6 +107,14 @@ impl Batches {
 }
 
 type Out<D> = OutputBuilder<Time, CapacityContainerBuilder<Vec<D>>>;
+
+/// Sends one activation's batches of an output, each at its time.
+fn give<D: Clone + 'static>(out: &mut Out<D>, cap: &Capability<Time>, batches: BTreeMap<Time, Vec<D>>) {
+    let mut session = out.activate();
+    for (time, mut batch) in batches {
+        session.session(&cap.delayed(&time)).give_container(&mut batch);
+    }
+}
 
 /// Builds the source operator reading `source` into cleaned, event-timed streams.
 ///
@@ -110,12 +140,16 @@ pub fn log_source<'scope, S: RecordSource>(
     let (trades_out, trades) = builder.new_output();
     let (quarantine_out, quarantine) = builder.new_output();
     let (ticks_out, ticks) = builder.new_output();
+    let (gaps_out, gaps) = builder.new_output();
+    let (gap_ticks_out, gap_ticks) = builder.new_output();
     let (crossings_out, crossings) = builder.new_output();
     let (reports_out, reports_sent) = builder.new_output();
     let mut reports_in = builder.new_input_connection(reports, Pipeline, Vec::<(usize, Antichain<Time>)>::new());
     let mut trades_out: Out<Trade> = OutputBuilder::from(trades_out);
     let mut quarantine_out: Out<Quarantined> = OutputBuilder::from(quarantine_out);
     let mut ticks_out: Out<Tick> = OutputBuilder::from(ticks_out);
+    let mut gaps_out: Out<Gap> = OutputBuilder::from(gaps_out);
+    let mut gap_ticks_out: Out<GapTick> = OutputBuilder::from(gap_ticks_out);
     let mut crossings_out: Out<Crossing> = OutputBuilder::from(crossings_out);
     let mut reports_out: Out<Report> = OutputBuilder::from(reports_out);
     let bars = bars.clone();
@@ -130,7 +164,7 @@ pub fn log_source<'scope, S: RecordSource>(
     }));
 
     builder.build(move |caps| {
-        let mut caps: Option<[Capability<Time>; 5]> = caps.try_into().ok();
+        let mut caps: Option<[Capability<Time>; 7]> = caps.try_into().ok();
         let time_cfg = cfg.time;
         let commit = cfg.resume.as_ref().map_or(0, |r| r.commit);
         let align = cfg.max_drift_ms.map(|max_drift| Alignment { max_drift });
@@ -158,7 +192,9 @@ pub fn log_source<'scope, S: RecordSource>(
             if cfg.pause.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
                 caps = None;
             }
-            let Some([trades_cap, quarantine_cap, ticks_cap, crossings_cap, reports_cap]) = caps.as_mut() else {
+            let Some([trades_cap, quarantine_cap, ticks_cap, gaps_cap, gap_ticks_cap, crossings_cap, reports_cap]) =
+                caps.as_mut()
+            else {
                 return;
             };
             if error_out.borrow().is_some() {
@@ -197,25 +233,14 @@ pub fn log_source<'scope, S: RecordSource>(
                 }
             });
 
-            // Every record sent is a tick or a quarantine row (trades are a subset of ticks).
-            for (time, batch) in &out.ticks {
-                lead.sent(*time, batch.len());
+            for (time, n) in out.sent() {
+                lead.sent(time, n);
             }
-            for (time, batch) in &out.quarantine {
-                lead.sent(*time, batch.len());
-            }
-            let mut session = trades_out.activate();
-            for (time, mut batch) in out.trades {
-                session.session(&trades_cap.delayed(&time)).give_container(&mut batch);
-            }
-            let mut session = ticks_out.activate();
-            for (time, mut batch) in out.ticks {
-                session.session(&ticks_cap.delayed(&time)).give_container(&mut batch);
-            }
-            let mut session = quarantine_out.activate();
-            for (time, mut batch) in out.quarantine {
-                session.session(&quarantine_cap.delayed(&time)).give_container(&mut batch);
-            }
+            give(&mut trades_out, trades_cap, out.trades);
+            give(&mut ticks_out, ticks_cap, out.ticks);
+            give(&mut quarantine_out, quarantine_cap, out.quarantine);
+            give(&mut gaps_out, gaps_cap, out.gaps);
+            give(&mut gap_ticks_out, gap_ticks_cap, out.gap_ticks);
 
             let poll = match polled {
                 Err(e) => {
@@ -257,7 +282,7 @@ pub fn log_source<'scope, S: RecordSource>(
             if next.low > floor {
                 crossings_out.activate().session(&*crossings_cap).give(parts.crossing(floor, Some(next.low)));
             }
-            for cap in [trades_cap, quarantine_cap, ticks_cap, crossings_cap, reports_cap] {
+            for cap in [trades_cap, quarantine_cap, ticks_cap, gaps_cap, gap_ticks_cap, crossings_cap, reports_cap] {
                 cap.downgrade(&next.low);
             }
             let mut resumed = false;
@@ -288,5 +313,5 @@ pub fn log_source<'scope, S: RecordSource>(
     });
     reports_sent.broadcast().connect_loop(board_loop);
 
-    SourceStreams { trades, quarantine, ticks, crossings, error }
+    SourceStreams { trades, quarantine, ticks, gaps, gap_ticks, crossings, error }
 }

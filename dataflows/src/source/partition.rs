@@ -9,6 +9,7 @@ use crate::Time;
 use crate::bars::BarsConfig;
 use crate::clean::{Reason, clean_record};
 use crate::epoch::{Epochs, Output};
+use crate::gap::{Gap, GapTick, Kind, parse_gap};
 use crate::resume::{Crossing, PartitionMark, Resume, Tracker, expiry};
 use crate::source::RawRecord;
 use crate::time::{PartitionClock, TimeConfig};
@@ -38,6 +39,17 @@ pub enum Placed {
         /// `pw` on arrival.
         watermark: Option<i64>,
         /// Already in the lake (a replay before the resume offset): rebuild bars only.
+        committed: bool,
+    },
+    /// A gap record: a row of the `gaps` table and the interval that flags bars.
+    Gap {
+        /// Timely time: the partition's frontier (a gap does not move the watermark).
+        time: Time,
+        /// The table row.
+        gap: Gap,
+        /// What the bars need, with `pw` on arrival.
+        tick: GapTick,
+        /// Already in the lake: rebuild bar flags only.
         committed: bool,
     },
     /// A record for the quarantine table.
@@ -115,8 +127,26 @@ impl Partition {
     pub fn accept(&mut self, rec: &RawRecord<'_>, cx: &Context<'_>) -> Placed {
         let before = self.clock;
         self.tracker.before(rec.offset, &mut self.clock, cx.time, cx.floor);
-        let placed = match clean_record(rec.payload, rec.timestamp, cx.time.max_skew_ms) {
-            Ok(c) => {
+        let verdict = Kind::of(rec.kind).and_then(|kind| match kind {
+            Kind::Trade => clean_record(rec.payload, rec.timestamp, cx.time.max_skew_ms).map(Record::Trade),
+            Kind::Gap => parse_gap(rec.payload, rec.timestamp, cx.time.max_skew_ms).map(Record::Gap),
+        });
+        let placed = match verdict {
+            Ok(Record::Gap(body)) => {
+                let time = self.clock.frontier(cx.time).max(cx.floor);
+                let watermark = self.clock.watermark(cx.time);
+                let tick = GapTick { symbol: body.s.clone(), from: body.from, to: body.to, watermark };
+                // A replay needs the gap while a bar it may flag can change, and until its row
+                // is published.
+                let needed = expiry(cx.bars, body.to - 1).max(cx.epochs.epoch(Output::Gaps, time));
+                self.tracker.record(rec.offset, needed, before);
+                let beyond_horizon = !crate::bars::gap_may_flag(cx.bars, &tick, time);
+                let gap =
+                    Gap { body, partition: rec.partition, offset: rec.offset, kafka_ts: rec.timestamp, beyond_horizon };
+                let committed = self.tracker.committed(time, cx.epochs.published_below(Output::Gaps, cx.commit));
+                Placed::Gap { time, gap, tick, committed }
+            }
+            Ok(Record::Trade(c)) => {
                 let watermark = self.clock.watermark(cx.time);
                 let placement = self.clock.place(cx.time, c.ts);
                 // Never below the frontier (a guard; raises keep records above it).
@@ -194,6 +224,12 @@ impl Partition {
     }
 }
 
+/// A record that passed its kind's rules.
+enum Record {
+    Trade(crate::clean::CleanTrade),
+    Gap(crate::gap::GapBody),
+}
+
 /// The partitions of one source, indexed by number (partitions are small dense integers).
 #[derive(Clone, Debug, Default)]
 pub struct Partitions {
@@ -263,13 +299,13 @@ mod tests {
 
     fn accept(p: &mut Partition, r: &(Vec<u8>, i64, Option<i64>), floor: Time, commit: Time) -> Placed {
         let (time, bars, epochs) = (TimeConfig::default(), BarsConfig::default(), Epochs::default());
-        let rec = RawRecord { partition: p.id(), offset: r.1, timestamp: r.2, payload: Some(&r.0) };
+        let rec = RawRecord { partition: p.id(), offset: r.1, timestamp: r.2, payload: Some(&r.0), kind: None };
         p.accept(&rec, &Context { time: &time, bars: &bars, epochs: &epochs, commit, floor })
     }
 
     fn time_of(placed: &Placed) -> Time {
         match placed {
-            Placed::Trade { time, .. } | Placed::Quarantine { time, .. } => *time,
+            Placed::Trade { time, .. } | Placed::Gap { time, .. } | Placed::Quarantine { time, .. } => *time,
         }
     }
 
