@@ -9,8 +9,13 @@
 //! end it). Receive times alone would misplace the flags by
 //! any offset between ingest's clock and the exchange's (and in a replayed or simulated feed,
 //! by the whole distance between the two clocks).
+//!
+//! A trade dated more than the job's default clock skew after it was received is a bad tick
+//! (the job quarantines it as `future_timestamp`) and is not the feed's position: one 2099
+//! print would otherwise start every later gap in 2099, where no trade could close it.
 
 use dataflows::gap::{GapBody, reasons};
+use dataflows::time::DEFAULT_MAX_SKEW_MS;
 
 /// Why a connection was lost, as a gap record's `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,9 +63,11 @@ impl GapTracker {
     /// than the gap's start ends it.
     pub fn frame(&mut self, at: i64, times: &[i64]) -> Option<Interval> {
         self.heard = Some(self.heard.map_or(at, |h| h.max(at)));
-        let greatest = times.iter().copied().max()?;
+        let horizon = at.saturating_add(DEFAULT_MAX_SKEW_MS as i64);
+        let sane = || times.iter().copied().filter(move |t| *t <= horizon);
+        let greatest = sane().max()?;
         let closed = match self.open {
-            Some((from, loss)) => match times.iter().copied().filter(|t| *t > from).min() {
+            Some((from, loss)) => match sane().filter(|t| *t > from).min() {
                 Some(to) => {
                     self.open = None;
                     Some(Interval { from, to, reason: loss.reason() })
@@ -141,5 +148,16 @@ mod tests {
         g.lost(Loss::Stale);
         let gap = g.frame(300, &[90, 95]).expect("a gap");
         assert_eq!((gap.from, gap.to, gap.reason), (60, 90, "disconnect"), "the first loss names it: {gap:?}");
+    }
+
+    #[test]
+    fn a_bad_tick_neither_starts_nor_ends_a_gap() {
+        let year_2099 = 4_102_444_800_000;
+        let mut g = GapTracker::default();
+        assert_eq!(g.frame(1_000, &[900, year_2099]), None);
+        g.lost(Loss::Disconnect);
+        // Another bad tick after the reconnect does not close the gap; the next sane trade does.
+        assert_eq!(g.frame(5_000, &[year_2099 + 1]), None);
+        assert_eq!(g.frame(5_100, &[4_000]), Some(Interval { from: 900, to: 4_000, reason: "disconnect" }));
     }
 }

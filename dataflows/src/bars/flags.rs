@@ -73,11 +73,18 @@ pub(super) fn gap_ms<'scope>(
 }
 
 /// Every bar version with the covered milliseconds of its window (0 when no gap overlaps).
+///
+/// A left join in one arrangement of each side: every bar enters as uncovered, and the join
+/// of a bar with its window's gap figure swaps that version for the covered one. (The join
+/// plus an antijoin arranged both sides twice, and cost the job 5–14% end to end with no gap
+/// in the input.)
 pub(super) fn flag<'scope>(
     bars: Collection<'scope, Time, (BarKey, BarAcc)>,
     gaps: Collection<'scope, Time, (BarKey, u64)>,
 ) -> Collection<'scope, Time, (BarKey, (BarAcc, u64))> {
-    let flagged = bars.clone().join(gaps.clone());
-    let clear = bars.antijoin(gaps.map(|(key, _)| key)).map(|(key, acc)| (key, (acc, 0)));
-    flagged.concat(clear)
+    let covered = bars
+        .clone()
+        .join(gaps)
+        .explode(|(key, (acc, ms))| [((key.clone(), (acc.clone(), 0)), -1isize), ((key, (acc, ms)), 1)]);
+    bars.map(|(key, acc)| (key, (acc, 0))).concat(covered)
 }
