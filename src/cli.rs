@@ -10,6 +10,7 @@ use dataflows::TimeConfig;
 use dataflows::bars::BarsConfig;
 use dataflows::epoch::Epochs;
 
+use crate::demo::DemoConfig;
 use crate::iceberg::IcebergCatalog;
 use crate::job::{ClusterConfig, JobConfig};
 use crate::kafka::{KafkaConfig, parse_property};
@@ -510,6 +511,28 @@ pub struct DemoArgs {
     /// gap_ms show them.
     #[arg(long, value_parser = parse_demo_outage)]
     pub outage: Vec<Option<Outage>>,
+}
+
+impl DemoArgs {
+    /// What the demo runs.
+    pub fn config(&self) -> DemoConfig {
+        let outages = if self.outage.is_empty() {
+            DemoConfig::default_outages(self.trades)
+        } else {
+            self.outage.iter().flatten().copied().collect()
+        };
+        DemoConfig {
+            trades: self.trades,
+            workers: self.workers,
+            lake: self.lake.clone(),
+            seed: self.seed,
+            symbols: self.symbols,
+            partitions: self.partitions,
+            table_format: self.table_format,
+            catalog: self.catalog.clone(),
+            outages,
+        }
+    }
 }
 
 fn parse_demo_outage(s: &str) -> Result<Option<Outage>, String> {

@@ -3,7 +3,7 @@
 //! then a check that every record landed exactly once, and a summary.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use dataflows::{Bar, TimeConfig};
 use rdkafka::mocking::MockCluster;
 use tokio::runtime::Runtime;
 
-use crate::cli::DemoArgs;
 use crate::iceberg::{IcebergCatalog, IcebergTables};
 use crate::ingest::{self, IngestConfig};
 use crate::job::{self, ClusterConfig, JobConfig};
@@ -26,6 +25,37 @@ use crate::source::StopAt;
 
 /// Records per partition the demo aims for: the mock broker keeps only ~100k per partition.
 const RECORDS_PER_PARTITION: u64 = 50_000;
+
+/// What the demo runs.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Records the simulator sends.
+    pub trades: u64,
+    /// Worker threads of the job.
+    pub workers: usize,
+    /// Lake folder (cleared first if it holds a previous demo lake).
+    pub lake: PathBuf,
+    /// Seed of the simulated market.
+    pub seed: u64,
+    /// Size of the symbol universe.
+    pub symbols: usize,
+    /// Partitions of the embedded topic (`None`: enough to hold the whole run).
+    pub partitions: Option<i32>,
+    /// Table format of the lake.
+    pub table_format: TableFormat,
+    /// The Iceberg catalog named for the demo's tables (`None`: one in the lake).
+    pub catalog: Option<IcebergCatalog>,
+    /// Feed outages of the simulated market.
+    pub outages: Vec<Outage>,
+}
+
+impl DemoConfig {
+    /// The default outage: 3 minutes of market time at half the run, so the lake shows a
+    /// gap and the bars it flags.
+    pub fn default_outages(trades: u64) -> Vec<Outage> {
+        vec![Outage { at: trades / 2, length: Duration::from_secs(180) }]
+    }
+}
 
 /// What the demo found in its lake.
 #[derive(Clone, Debug, Default)]
@@ -87,7 +117,7 @@ fn prepare_lake(dir: &Path, before_clearing: impl FnOnce() -> anyhow::Result<()>
 }
 
 /// Runs the demo on `runtime` and verifies the lake.
-pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
+pub fn run(args: &DemoConfig, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     let started = Instant::now();
     let bar_widths = BarsConfig::default().widths;
     let catalog = match args.table_format {
@@ -121,7 +151,7 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
         rate: None,
         total: Some(args.trades),
         ping_every: Duration::from_secs(5),
-        faults: Faults { outages: demo_outages(args), ..Default::default() },
+        faults: Faults { outages: args.outages.clone(), ..Default::default() },
         sent: None,
         replay: None,
     };
@@ -187,14 +217,6 @@ pub fn run(args: &DemoArgs, runtime: &Runtime) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
-/// The demo's outages: as asked, or one of 3 minutes of market time at half the run.
-fn demo_outages(args: &DemoArgs) -> Vec<Outage> {
-    if args.outage.is_empty() {
-        return vec![Outage { at: args.trades / 2, length: Duration::from_secs(180) }];
-    }
-    args.outage.iter().flatten().copied().collect()
-}
-
 /// Reads the lake back and checks that every record of the topic is in `trades`,
 /// `quarantine` or `gaps` exactly once.
 pub async fn verify(
@@ -209,8 +231,7 @@ pub async fn verify(
     let gaps = read::rows(lake, &Table::Gaps, iceberg).await?;
     let rows = read::bars(&read::rows(lake, &Table::Bars(window_ms), iceberg).await?)?;
     let revisions = rows.iter().filter(|b| b.revision > 0).count() as u64;
-    let tagged: Vec<(u8, Bar)> = rows.into_iter().map(|b| (0, b)).collect();
-    let bars: Vec<Bar> = dataflows::reference::latest(&tagged).map_err(anyhow::Error::msg)?.into_values().collect();
+    let bars = read::latest(rows)?;
 
     let mut seen: HashMap<i32, Vec<u8>> =
         watermarks.iter().map(|(p, (lo, hi))| (*p, vec![0u8; (hi - lo).max(0) as usize])).collect();

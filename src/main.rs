@@ -70,7 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => run_job(cli.job),
         Some(Command::Demo(args)) => {
             let rt = runtime()?;
-            let summary = demo::run(&args, &rt)?;
+            let summary = demo::run(&args.config(), &rt)?;
             demo::print(&summary, &args.lake);
             Ok(())
         }

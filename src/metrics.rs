@@ -237,7 +237,11 @@ impl IngestMetrics {
             "Intervals the feed was not received (one gap record per subscribed symbol each)",
             self.gaps.clone(),
         );
-        r.register("queue_depth", "Records waiting for the producer", self.queue_depth.clone());
+        r.register(
+            "queue_depth",
+            "Events (mostly frames) waiting in the queue between the socket and the producer",
+            self.queue_depth.clone(),
+        );
     }
 }
 

@@ -12,7 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::clean::{MAX_PAYLOAD, MAX_TS_MS, MIN_TS_MS, Reason, valid_symbol};
+use crate::clean::{MAX_PAYLOAD, MAX_TS_MS, MIN_TS_MS, valid_symbol};
+use crate::reason::Reason;
 use crate::trade::Symbol;
 
 /// Header naming what a record is; absent on trades (Finnhub's own payloads).

@@ -9,6 +9,7 @@ pub mod epoch;
 pub mod gap;
 pub mod memlog;
 pub mod pipeline;
+pub mod reason;
 pub mod reference;
 pub mod resume;
 pub mod source;
@@ -16,13 +17,10 @@ pub mod time;
 pub mod trade;
 
 pub use bars::{Bar, BarAcc};
-pub use clean::{Reason, clean};
+pub use clean::clean;
 pub use gap::Gap;
 pub use pipeline::{Outputs, build_pipeline};
+pub use reason::Reason;
 pub use source::{RawRecord, RecordSource, SourcePoll};
-pub use time::{PartitionClock, TimeConfig};
+pub use time::{PartitionClock, Time, TimeConfig};
 pub use trade::{Conditions, Quarantined, Symbol, Trade};
-
-/// Timely timestamp of every stockflow dataflow: event time in milliseconds since the Unix
-/// epoch, as defined by the time model (window start or partition watermark, see [`time`]).
-pub type Time = u64;

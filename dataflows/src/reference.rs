@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::bars::{Bar, BarsConfig};
-use crate::clean::{Reason, clean_record};
+use crate::clean::clean_record;
 use crate::gap::{GapBody, Kind, parse_gap};
 use crate::memlog::MemLog;
+use crate::reason::Reason;
 use crate::time::TimeConfig;
 
 /// Everything the contract says a log must produce.

@@ -2,7 +2,7 @@
 //! points, the per-partition replay plan derived from them, and the bookkeeping that makes a
 //! replay place every record at the timely time it had before.
 //!
-//! DESIGN.md's commit protocol needs, per partition and commit point `T`: `resume`, the first
+//! The commit protocol (docs/architecture.md#commit-protocol) needs, per partition and commit point `T`: `resume`, the first
 //! offset read after the source's frontier passed `T` (records before it with time `< T` are
 //! committed); `replay`, the first offset of a trade whose bars can still change at `T`
 //! (window end + horizon `> T`), never after `resume`; and the partition's clock at `replay`.

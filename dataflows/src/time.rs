@@ -1,6 +1,6 @@
 //! Event time: tumbling windows, the per-partition watermark and the timely time of a record.
 //!
-//! DESIGN.md's model, for one Kafka partition: `pw(o)` is the largest event time of the valid
+//! The model (docs/architecture.md#time-model, with a worked example), for one Kafka partition: `pw(o)` is the largest event time of the valid
 //! trades before offset `o`, minus the allowed lateness. A trade is *late* when its window has
 //! ended by then (`window_end <= pw(o)`). A record's timely time is
 //! `max(window_start(t), floor_W(pw(o)))`, so the source can hold its capability at the least
@@ -10,7 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Time;
+/// Timely timestamp of every stockflow dataflow: event time in milliseconds since the Unix
+/// epoch, as the time model defines it (a record's window start or its partition's
+/// watermark window, see [`PartitionClock`]).
+pub type Time = u64;
 
 /// Window width, allowed lateness and the clock skew a trade may have, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::clean::Reason;
+use crate::reason::Reason;
 
 /// A ticker such as `AAPL` or `BINANCE:BTCUSDT`; stored inline (no allocation) up to 24 bytes.
 pub type Symbol = CompactString;

@@ -55,6 +55,9 @@ pub enum LakeError {
     /// Reading an Iceberg table failed.
     #[error(transparent)]
     Iceberg(Box<crate::iceberg::IcebergError>),
+    /// A bar table holds a bar's revisions twice or with holes.
+    #[error("bar revisions are not dense: {0}")]
+    Revisions(String),
 }
 
 impl From<crate::iceberg::IcebergError> for LakeError {
@@ -289,7 +292,8 @@ fn first_line(text: &str) -> String {
 pub const META: &str = "_stockflow";
 /// Files written but not yet committed, per run.
 pub const STAGING: &str = "_stockflow/staging";
-/// One record per commit, `<commit point>.json`.
+/// The commit log: one record per commit or claim, named by its sequence number
+/// (`<seq>.json`, zero-padded to 20 digits).
 pub const COMMITS: &str = "_stockflow/commits";
 
 /// Milliseconds in an hour: the lake's partition grain.

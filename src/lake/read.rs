@@ -123,6 +123,26 @@ pub fn bars(batches: &[RecordBatch]) -> Result<Vec<Bar>, LakeError> {
     Ok(out)
 }
 
+/// The latest revision of every bar of one table, as the `bars_<w>_latest` view picks it,
+/// in (symbol, window start) order. A table whose revisions of a bar are not written once each
+/// and dense (0, 1, 2, …) breaks the lake's contract and is an error.
+pub fn latest(rows: Vec<Bar>) -> Result<Vec<Bar>, LakeError> {
+    let mut bars: std::collections::BTreeMap<(String, i64), Vec<Bar>> = std::collections::BTreeMap::new();
+    for bar in rows {
+        bars.entry((bar.symbol.to_string(), bar.window_start)).or_default().push(bar);
+    }
+    let mut out = Vec::with_capacity(bars.len());
+    for ((symbol, start), mut revisions) in bars {
+        revisions.sort_by_key(|b| b.revision);
+        if !revisions.iter().map(|b| b.revision).eq(0..revisions.len() as u32) {
+            let written: Vec<u32> = revisions.iter().map(|b| b.revision).collect();
+            return Err(LakeError::Revisions(format!("bar {symbol} at {start}: revisions {written:?} written")));
+        }
+        out.extend(revisions.pop());
+    }
+    Ok(out)
+}
+
 /// Rows of `gaps`.
 pub fn gaps(batches: &[RecordBatch]) -> Result<Vec<Gap>, LakeError> {
     let mut out = Vec::new();

@@ -102,7 +102,8 @@ pub fn properties() -> WriterProperties {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Staged {
     /// The commit point whose output the file holds: its rows have times in
-    /// `[epoch - interval, epoch)`.
+    /// `[epoch - interval, epoch)`, except a republished bar hour, which holds every row of
+    /// the hour so far.
     pub epoch: Time,
     /// Where the file is staged.
     pub staged: String,

@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use crate::Time;
 use crate::bars::BarsConfig;
-use crate::clean::{Reason, clean_record};
+use crate::clean::clean_record;
 use crate::epoch::{Epochs, Output};
 use crate::gap::{Gap, GapTick, Kind, parse_gap};
+use crate::reason::Reason;
 use crate::resume::{Crossing, PartitionMark, Resume, Tracker, expiry};
 use crate::source::RawRecord;
 use crate::time::{PartitionClock, TimeConfig};
