@@ -3,9 +3,10 @@
 #   docker run --rm stockflow --help
 
 FROM rust:1.95-bookworm AS build
-# librdkafka is built from the rdkafka crate's bundled sources (make, a C/C++ compiler, perl).
+# librdkafka is built from the rdkafka crate's bundled sources (make, a C/C++ compiler, perl),
+# with TLS and SCRAM from the system's OpenSSL.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential perl python3 \
+ && apt-get install -y --no-install-recommends build-essential perl python3 pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -16,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/stockflow /usr/local/bin/stockflow
 # An unprivileged user; /data is where a local lake goes when one is mounted.
