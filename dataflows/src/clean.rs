@@ -14,6 +14,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use crate::reason::Reason;
 use crate::trade::{Conditions, Symbol};
 
+mod scan;
+
 /// Payloads larger than this are quarantined unparsed: a Finnhub trade is ~100 bytes.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Quarantined payloads are stored truncated to this many bytes (at a UTF-8 boundary).
@@ -62,11 +64,15 @@ pub fn clean(payload: Option<&[u8]>) -> Result<CleanTrade, Reason> {
         Some(b) if b.len() > MAX_PAYLOAD => return Err(Reason::Oversized),
         Some(b) => b,
     };
-    // Almost every payload is a plain trade object: a typed parse of that shape is several
-    // times faster than the total visitor below. It only accepts payloads whose field types
-    // are all right, so its verdict is the visitor's; anything else (a wrong type, a missing
-    // or duplicate field, an escaped symbol, trailing bytes, a non-object) is classified again
-    // by the visitor, which names the reason.
+    // Almost every payload is a plain trade object. The scanner reads exactly that shape in
+    // one pass; the typed serde parse takes the rest of the well-typed objects (unknown keys,
+    // escapes, exponents). Both only accept payloads whose field types are all right, so their
+    // verdict is the total visitor's; anything else (a wrong type, a missing or duplicate
+    // field, trailing bytes, a non-object) is classified again by the visitor, which names
+    // the reason.
+    if let Some(f) = scan::trade(bytes) {
+        return validate(f.s, f.p, f.v, Some(f.t), f.c.map(Value::Strings));
+    }
     if bytes.first() == Some(&b'{') {
         if let Ok(typed) = serde_json::from_slice::<TypedTrade<'_>>(bytes) {
             return validate(typed.s, typed.p, typed.v, Some(typed.t), typed.c.map(Value::Strings));

@@ -291,3 +291,77 @@ proptest! {
         prop_assert_eq!(clean(Some(json.as_bytes())), classify_total(json.as_bytes()), "{}", json);
     }
 }
+
+#[test]
+fn the_scanner_reads_the_usual_shape_and_declines_the_rest() {
+    let read = |json: &str| scan::trade(json.as_bytes()).map(|f| (f.s.to_owned(), f.p, f.v, f.t, f.c.is_some()));
+    let usual = Some(("AAPL".to_owned(), 189.31, 40.0, 1_763_997_374_633, true));
+    assert_eq!(read(GOOD), usual);
+    assert_eq!(
+        read(" {\"c\" : [ \"1\" , \"12\" ] ,\"v\":40, \"t\":1763997374633,\"p\":189.31,\n\"s\":\"AAPL\"}\t"),
+        usual
+    );
+    assert_eq!(read(r#"{"s":"AAPL","p":189.31,"t":1763997374633,"v":40}"#).map(|f| f.4), Some(false));
+    assert_eq!(read(r#"{"s":"AAPL","p":189.31,"t":1763997374633,"v":40,"c":null}"#).map(|f| f.4), Some(false));
+    for declined in [
+        r#"{"s":"A\u0041","p":1,"t":1763997374633,"v":1}"#,
+        r#"{"s":"AAPL","p":1,"t":1763997374633,"v":1,"x":0}"#,
+        r#"{"s":"AAPL","p":1,"t":1763997374633,"v":1,"s":"B"}"#,
+        r#"{"s":"AAPL","p":1,"t":1763997374633}"#,
+        r#"{"s":"AAPL","p":1,"t":1763997374633.0,"v":1}"#,
+        r#"{"s":"AAPL","p":1,"t":-1,"v":1}"#,
+        r#"{"s":"AAPL","p":01,"t":1763997374633,"v":1}"#,
+        r#"{"s":"AAPL","p":1e400,"t":1763997374633,"v":1}"#,
+        r#"{"s":"AAPL","p":1,"t":1763997374633,"v":1}x"#,
+        r#"{"s":"AAPL","p":"1","t":1763997374633,"v":1}"#,
+    ] {
+        assert!(read(declined).is_none(), "scanned {declined}");
+    }
+}
+
+/// JSON number text of every form the grammar allows, and some it does not: signs, leading
+/// zeros, long mantissas, empty fractions and exponents, exponents beyond `f64`.
+fn any_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (
+            prop_oneof![Just(""), Just("-")],
+            "[0-9]{0,24}",
+            prop_oneof![Just(String::new()), "\\.[0-9]{0,24}"],
+            prop_oneof![Just(String::new()), "[eE][+-]?[0-9]{0,4}"],
+        )
+            .prop_map(|(sign, int, frac, exp)| format!("{sign}{int}{frac}{exp}")),
+        any::<f64>().prop_map(|f| format!("{f:?}")),
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        (0u64..1 << 60).prop_map(|m| format!("{}.{:0>6}", m / 1_000_000, m % 1_000_000)),
+        any::<u64>().prop_map(|u| u.to_string()),
+    ]
+}
+
+fn any_space() -> impl Strategy<Value = &'static str> {
+    prop_oneof![Just(""), Just(""), Just(" "), Just("\t"), Just("\n "), Just("\r")]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Whatever the numbers and the whitespace, the scanner's verdict is the total
+    /// classifier's: the same trade to the bit, or the same reason.
+    #[test]
+    fn the_scanner_agrees_with_the_total_classifier_on_numbers(
+        p in any_number(),
+        v in any_number(),
+        t in prop_oneof![any_number(), (MIN_TS_MS - 5..MAX_TS_MS + 5).prop_map(|t| t.to_string())],
+        order in Just([0usize, 1, 2, 3]).prop_shuffle(),
+        space in proptest::collection::vec(any_space(), 8),
+    ) {
+        let fields = [r#""s":"AAPL""#.to_owned(), format!("\"p\":{p}"), format!("\"v\":{v}"), format!("\"t\":{t}")];
+        let body: Vec<String> = order.iter().enumerate().map(|(i, &f)| format!("{}{}{}", space[i], fields[f], space[i + 4])).collect();
+        let json = format!("{{{}}}", body.join(","));
+        let (fast, total) = (clean(Some(json.as_bytes())), classify_total(json.as_bytes()));
+        prop_assert_eq!(&fast, &total, "{}", json);
+        if let (Ok(a), Ok(b)) = (&fast, &total) {
+            // -0.0 == 0.0: the bits tell them apart.
+            prop_assert_eq!((a.price.to_bits(), a.volume.to_bits()), (b.price.to_bits(), b.volume.to_bits()), "{}", json);
+        }
+    }
+}
