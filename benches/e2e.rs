@@ -1,10 +1,11 @@
 //! End to end, in trades/s, on topics of a production shape (Zipf-skewed symbols, gzip in
-//! 1 MB batches) with 4 and 64 partitions on librdkafka's mock cluster: the job draining
+//! 1 MB batches) with 4, 32 and 64 partitions on librdkafka's mock cluster: the job draining
 //! each (`--drain`: Kafka → clean → bars → Parquet → commit) into a fresh local lake at `-w 1`
 //! and `-w 2`; beside it, a bare librdkafka consumer reading the same records and touching
-//! every payload, the ceiling for any consumer of this broker on this machine. After the
-//! runs it prints the job's rate as a share of the bare drain, per shape and worker count,
-//! and the 64-partition rate against the 4-partition one.
+//! every payload, the ceiling for any consumer of this broker on this machine (with the
+//! job's `fetch.queue.backoff.ms`). After the runs it prints, per shape and worker count, the
+//! median rate of each over criterion's samples with their range, and the job's median as a
+//! share of the bare drain's; then the 64-partition rate against the 4-partition one.
 //!
 //! `cargo bench --bench e2e` (`STOCKFLOW_BENCH_TRADES` sets the size, default 360k: the mock
 //! broker keeps the newest 5 MiB of batches a partition, about 100k of these trades, so
@@ -27,7 +28,7 @@ use stockflow::simulate::topic::{TopicShape, generate, produce};
 use stockflow::sink::SinkConfig;
 
 /// Partition counts of the measured topics.
-const SHAPES: [i32; 2] = [4, 64];
+const SHAPES: [i32; 3] = [4, 32, 64];
 
 /// Trades in each topic: 360k (or `STOCKFLOW_BENCH_TRADES`) under `cargo bench`, which passes
 /// --bench; 20k for the quick run of `cargo test --all-targets` or `-- --test`.
@@ -47,8 +48,12 @@ fn bare_drain(kafka: &KafkaConfig, ends: &HashMap<i32, i64>, consumers: usize) -
         let threads: Vec<_> = (0..consumers)
             .map(|i| {
                 s.spawn(move || {
-                    let consumer: BaseConsumer =
-                        kafka.client_config().set("group.id", "bench-bare").create().expect("consumer");
+                    let consumer: BaseConsumer = kafka
+                        .client_config()
+                        .set("group.id", "bench-bare")
+                        .set("fetch.queue.backoff.ms", "20")
+                        .create()
+                        .expect("consumer");
                     let mut tpl = TopicPartitionList::new();
                     let mut total = 0;
                     for (p, end) in ends.iter().filter(|(p, _)| **p as usize % consumers == i) {
@@ -128,41 +133,57 @@ fn end_to_end(c: &mut Criterion) {
     }
 }
 
-/// Criterion's mean time of one benchmark of this run, seconds.
-fn mean(group: &str, id: &str) -> Option<f64> {
+/// The rates (trades/s) of one benchmark's samples in this run, sorted: criterion's
+/// `sample.json` holds each sample's iteration count and total time.
+fn rates(group: &str, id: &str) -> Option<Vec<f64>> {
     let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{dir}/criterion/{group}/{id}/new/estimates.json");
+    let path = format!("{dir}/criterion/{group}/{id}/new/sample.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    Some(json["mean"]["point_estimate"].as_f64()? / 1e9)
+    let iters = json["iters"].as_array()?;
+    let times = json["times"].as_array()?;
+    let n = trades() as f64;
+    let mut out: Vec<f64> =
+        iters.iter().zip(times).filter_map(|(i, t)| Some(n * i.as_f64()? / (t.as_f64()? / 1e9))).collect();
+    out.sort_by(f64::total_cmp);
+    (!out.is_empty()).then_some(out)
 }
 
-/// The job's rate as a share of the bare drain per shape and worker count, and the widest
-/// shape's rate against the narrowest one's.
+/// The median of sorted rates.
+fn median(sorted: &[f64]) -> f64 {
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 0 { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] }
+}
+
+/// Per shape and worker count, the median rate of the bare drain and of the job with the
+/// range of their samples, and the job's median as a share of the drain's; then the widest
+/// shape's median against the narrowest one's.
 fn summary() {
-    let n = trades() as f64;
-    let rate = |p: i32, id: String| mean(&format!("e2e_p{p}"), &id).map(|s| n / s);
-    println!("\nshape        workers  bare drain/s   job/s   job/bare");
+    let rate = |p: i32, id: String| rates(&format!("e2e_p{p}"), &id);
+    let span = |r: &[f64]| format!("{:.0} ({:.0}–{:.0})", median(r), r[0], r[r.len() - 1]);
+    println!("\nshape            workers  bare drain/s (range)        job/s (range)              job/bare");
     for p in SHAPES {
         for w in [1, 2] {
             if let (Some(bare), Some(job)) =
                 (rate(p, format!("bare_drain_w{w}")), rate(p, format!("kafka_to_lake_w{w}")))
             {
-                println!("{p:>3} partitions  -w {w}  {bare:>11.0}  {job:>8.0}  {:>7.2}", job / bare);
+                println!(
+                    "{p:>3} partitions  -w {w}  {:<26} {:<26} {:>7.2}",
+                    span(&bare),
+                    span(&job),
+                    median(&job) / median(&bare)
+                );
             }
         }
     }
+    let job = |p: i32, w: usize| rate(p, format!("kafka_to_lake_w{w}")).map(|r| median(&r));
+    let (narrow, wide) = (SHAPES[0], SHAPES[SHAPES.len() - 1]);
     for w in [1, 2] {
-        let (narrow, wide) = (SHAPES[0], SHAPES[SHAPES.len() - 1]);
-        if let (Some(a), Some(b)) =
-            (rate(narrow, format!("kafka_to_lake_w{w}")), rate(wide, format!("kafka_to_lake_w{w}")))
-        {
+        if let (Some(a), Some(b)) = (job(narrow, w), job(wide, w)) {
             println!("-w {w}: {wide} partitions at {:.2} of the {narrow}-partition rate", b / a);
         }
     }
-    if let (Some(one), Some(two)) =
-        (rate(SHAPES[0], "kafka_to_lake_w1".into()), rate(SHAPES[0], "kafka_to_lake_w2".into()))
-    {
-        println!("-w 2 / -w 1 at {} partitions: {:.2}", SHAPES[0], two / one);
+    if let (Some(one), Some(two)) = (job(narrow, 1), job(narrow, 2)) {
+        println!("-w 2 / -w 1 at {narrow} partitions: {:.2}", two / one);
     }
 }
 

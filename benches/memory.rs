@@ -1,9 +1,10 @@
 //! Memory of the dataflow's state as the input grows with the symbol set fixed: the same
 //! seeded stream of 1M and 10M trades over 10,000 symbols (with disorder, late trades, and a
 //! feed gap record every 1,000 records reaching up to 10 minutes back) through source →
-//! clean → bars (1m, 5m, 1h; 1h revision horizon) joined with the gaps, on two workers. Each
-//! size runs in a child process so its peak RSS (VmHWM) is its own. Prints figures; asserts
-//! nothing.
+//! clean → bars (1m, 5m, 1h; 1h revision horizon) joined with the gaps, on two workers; then
+//! the smaller input at 1, 2, 4 and 8 workers (one partition each), for what each worker adds
+//! (on a 2-core machine the figure is memory, not speed). Each run is a child process so its
+//! peak RSS (VmHWM) is its own. Prints figures; asserts nothing.
 //!
 //! `cargo bench --bench memory` (add `-- --test` for a quick 20k/200k run).
 
@@ -98,15 +99,15 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn child(trades: u64) {
+fn child(trades: u64, workers: usize) {
     let started = Instant::now();
     let bars = BarsConfig { widths: vec![60_000, 300_000, 3_600_000], horizon_ms: 3_600_000 };
-    let result = timely::execute(timely::Config::process(2), move |worker| {
+    let result = timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let source = Synthetic {
             partition: index as i32,
             next: 0,
-            end: trades / 2,
+            end: trades / workers as u64,
             rng: fastrand::Rng::with_seed(index as u64),
             buf: Vec::new(),
         };
@@ -125,7 +126,8 @@ fn child(trades: u64) {
 
 fn main() {
     if let Ok(n) = std::env::var("STOCKFLOW_MEMORY_CHILD") {
-        child(n.parse().unwrap_or(1_000_000));
+        let workers = std::env::var("STOCKFLOW_MEMORY_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(2);
+        child(n.parse().unwrap_or(1_000_000), workers);
         return;
     }
     // `cargo bench` passes --bench; anything else (`cargo test --all-targets`, `-- --test`)
@@ -137,19 +139,37 @@ fn main() {
     );
     let mut base = None;
     for n in sizes {
-        let Ok(exe) = std::env::current_exe() else { return };
-        let out = Command::new(exe).env("STOCKFLOW_MEMORY_CHILD", n.to_string()).output();
-        let Ok(out) = out else { return };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let fields: Vec<f64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-        if let [_, rss, secs] = fields[..] {
-            let ratio = base.map_or(1.0, |b| rss / b);
-            base.get_or_insert(rss);
-            println!(
-                "{n:>11} trades: peak RSS {:>7.1} MiB ({ratio:.2}x the smallest), {secs:>6.2}s, {:.2}M trades/s",
-                rss / 1024.0,
-                n as f64 / secs / 1e6
-            );
-        }
+        let Some((rss, secs)) = run_child(n, 2) else { return };
+        let ratio = base.map_or(1.0, |b| rss / b);
+        base.get_or_insert(rss);
+        println!(
+            "{n:>11} trades: peak RSS {:>7.1} MiB ({ratio:.2}x the smallest), {secs:>6.2}s, {:.2}M trades/s",
+            rss / 1024.0,
+            n as f64 / secs / 1e6
+        );
+    }
+    println!("{} trades by worker count (one partition a worker)", sizes[0]);
+    let mut one = None;
+    for workers in [1, 2, 4, 8] {
+        let Some((rss, _)) = run_child(sizes[0], workers) else { return };
+        let added = one.map_or(0.0, |o: f64| (rss - o) / 1024.0 / (workers - 1) as f64);
+        one.get_or_insert(rss);
+        println!("  -w {workers}: peak RSS {:>7.1} MiB ({added:+.1} MiB a worker beyond the first)", rss / 1024.0);
+    }
+}
+
+/// Runs one size at one worker count in a child process: its peak RSS (KiB) and seconds.
+fn run_child(trades: u64, workers: usize) -> Option<(f64, f64)> {
+    let exe = std::env::current_exe().ok()?;
+    let out = Command::new(exe)
+        .env("STOCKFLOW_MEMORY_CHILD", trades.to_string())
+        .env("STOCKFLOW_MEMORY_WORKERS", workers.to_string())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<f64> = text.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    match fields[..] {
+        [_, rss, secs] => Some((rss, secs)),
+        _ => None,
     }
 }
