@@ -1,8 +1,10 @@
 //! Reading the trades topic: each worker's Kafka consumer ([`KafkaSource`]), partition
-//! discovery ([`discover`]), and how the job reads ([`ReadConfig`]).
+//! discovery ([`discover`]), how the job reads ([`ReadConfig`]), and partition queues read a
+//! batch at a time ([`queue`]).
 
 pub mod discover;
 mod kafka;
+pub mod queue;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
