@@ -29,6 +29,12 @@ use revisions::{Revisions, Updates};
 /// A bar's identity: index of its width in [`BarsConfig::widths`], symbol, window start.
 pub type BarKey = (u8, Symbol, i64);
 
+/// A map keyed by bar. Every tick touches one entry per width and every revision one more, so
+/// the hasher is on the hot path: Fx hashes a short symbol several times faster than the
+/// standard library's SipHash, and no key here comes from anyone who could aim collisions at
+/// it (symbols are cleaned, windows aligned). Iteration order never reaches an output.
+pub type KeyMap<V> = rustc_hash::FxHashMap<BarKey, V>;
+
 /// Which bars to build and how long late trades may revise them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BarsConfig {

@@ -7,7 +7,7 @@
 //! already covered by another) makes none. A bar's counter is dropped when the collection
 //! retracts the bar without a new version: at its expiry, after which nothing can change it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use differential_dataflow::collection::vec::Collection;
 use differential_dataflow::consolidation::consolidate;
@@ -16,7 +16,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use super::{Bar, BarAcc, BarKey, BarsConfig, symbol_route};
+use super::{Bar, BarAcc, BarKey, BarsConfig, KeyMap, symbol_route};
 use crate::Time;
 
 type Flagged = (BarKey, (BarAcc, u64));
@@ -30,7 +30,7 @@ pub(super) fn number<'scope>(
     let pact = Exchange::new(|((key, _), _, _): &(Flagged, Time, isize)| symbol_route(&key.1));
     flagged.inner.unary_frontier(pact, "Revisions", move |initial, _info| {
         let mut pending: BTreeMap<Time, Vec<(Flagged, isize)>> = BTreeMap::new();
-        let mut next: HashMap<BarKey, u32> = HashMap::new();
+        let mut next: KeyMap<u32> = KeyMap::default();
         // Held at the least time a row may still leave at: the input frontier or the earliest
         // pending change.
         let mut cap: Option<Capability<Time>> = Some(initial);

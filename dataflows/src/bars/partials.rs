@@ -4,9 +4,9 @@
 //! Pre-aggregating per time means the bar state sees one merge per bar per distinct arrival
 //! time (on time, or each later revision) rather than one per trade.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use super::{BarAcc, BarKey, BarsConfig, Tick};
+use super::{BarAcc, BarsConfig, KeyMap, Tick};
 use crate::Time;
 
 /// The bars a tick may still change: for each width, its window if the window's end is past
@@ -32,7 +32,7 @@ pub(super) fn expiry(cfg: &BarsConfig, width: u8, start: i64) -> i64 {
 /// Partial bars still accumulating, by the time their ticks arrived at.
 pub(super) struct Partials {
     cfg: BarsConfig,
-    pending: BTreeMap<Time, HashMap<BarKey, BarAcc>>,
+    pending: BTreeMap<Time, KeyMap<BarAcc>>,
 }
 
 impl Partials {
@@ -56,7 +56,7 @@ impl Partials {
     }
 
     /// The partials of the earliest time before `frontier` (`None`: the input has ended).
-    pub(super) fn pop_before(&mut self, frontier: Option<Time>) -> Option<(Time, HashMap<BarKey, BarAcc>)> {
+    pub(super) fn pop_before(&mut self, frontier: Option<Time>) -> Option<(Time, KeyMap<BarAcc>)> {
         let entry = self.pending.first_entry()?;
         if frontier.is_some_and(|f| *entry.key() >= f) {
             return None;

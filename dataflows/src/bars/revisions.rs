@@ -11,10 +11,10 @@
 //! time is therefore a function of the log, which a replay that must skip already-written
 //! output relies on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::partials::expiry;
-use super::{BarAcc, BarKey, BarsConfig};
+use super::{BarAcc, BarKey, BarsConfig, KeyMap};
 use crate::Time;
 
 /// What is known of one bar.
@@ -32,7 +32,7 @@ struct BarState {
 /// by reallocation, which for large vectors the allocator does by remapping pages.
 #[derive(Default)]
 struct Live {
-    index: HashMap<BarKey, u32>,
+    index: KeyMap<u32>,
     slots: Vec<BarState>,
     free: Vec<u32>,
 }
@@ -121,7 +121,7 @@ impl Revisions {
     }
 
     /// Applies the partials of one completed time, in key order.
-    pub(super) fn apply(&mut self, time: Time, partials: HashMap<BarKey, BarAcc>, rows: &mut Updates) {
+    pub(super) fn apply(&mut self, time: Time, partials: KeyMap<BarAcc>, rows: &mut Updates) {
         // Everything ending by `time` is complete: its revision 0 goes first.
         self.write_due(time as i64, rows);
         let mut partials: Vec<_> = partials.into_iter().collect();
@@ -205,7 +205,7 @@ mod tests {
         let mut rows = Updates::new();
         for minute in 0..100 {
             let time = minute * MIN;
-            let mut partials = HashMap::new();
+            let mut partials = KeyMap::default();
             for symbol in ["A", "B", "C"] {
                 partials.insert((0, symbol.into(), time), partial(symbol, time + 1));
             }
@@ -228,7 +228,7 @@ mod tests {
         // left it: what remains are the bars still live.
         let inserted = rows.iter().filter(|(_, _, diff)| *diff > 0).count();
         assert_eq!(inserted, 3 * 99 + 97);
-        let mut net: HashMap<(BarKey, BarAcc), isize> = HashMap::new();
+        let mut net: std::collections::HashMap<(BarKey, BarAcc), isize> = std::collections::HashMap::new();
         for (data, _, diff) in &rows {
             *net.entry(data.clone()).or_default() += diff;
         }
