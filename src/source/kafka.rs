@@ -256,8 +256,13 @@ fn take<'a>(
 
 /// What an error entry of a partition's batch means: nothing more now (`Ok(false)`), a hiccup
 /// librdkafka retries by itself (`Ok(true)`: read on), or a failure.
+/// Classified by [`take`], as the binding would have reported it (end of partition apart).
 fn batch_error(code: RDKafkaErrorCode, partition: i32) -> Result<bool, SourceError> {
-    take(Some(Err(KafkaError::MessageConsumption(code))), Some(partition)).map(|got| matches!(got, Got::Retry))
+    let error = match code {
+        RDKafkaErrorCode::PartitionEOF => KafkaError::PartitionEOF(partition),
+        code => KafkaError::MessageConsumption(code),
+    };
+    take(Some(Err(error)), Some(partition)).map(|got| matches!(got, Got::Retry))
 }
 
 /// The `stockflow-kind` header's name, as librdkafka looks it up.
@@ -546,6 +551,18 @@ mod tests {
         }
         assert_eq!(seen.len(), 50 + 40 + 40);
         assert_eq!(source.start_offset(2), 40, "the position stops at the stop offset");
+    }
+
+    #[test]
+    fn batch_errors_are_classified_like_the_bindings() {
+        // The end of a partition (with `enable.partition.eof`) is nothing more now, not a
+        // hiccup to warn about; a broker hiccup reads on; a lost offset stops the job.
+        assert!(!batch_error(RDKafkaErrorCode::PartitionEOF, 3).expect("not a failure"));
+        assert!(batch_error(RDKafkaErrorCode::BrokerTransportFailure, 3).expect("not a failure"));
+        assert!(matches!(
+            batch_error(RDKafkaErrorCode::AutoOffsetReset, 3),
+            Err(SourceError::Consume { partition: Some(3), .. })
+        ));
     }
 
     #[test]

@@ -155,10 +155,12 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// The partition the record belongs to.
     pub fn partition(&self) -> i32 {
         self.msg.partition
     }
 
+    /// The record's offset within its partition.
     pub fn offset(&self) -> i64 {
         self.msg.offset
     }
