@@ -451,6 +451,7 @@ fn run_worker(
             resume: recovery.resume(),
             pause: Some(Arc::clone(pause)),
             epochs: cfg.sink.epochs,
+            batch: dataflows::source::read_batch(cfg.cluster.workers),
             ..Default::default()
         };
         let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
