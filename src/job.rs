@@ -452,7 +452,6 @@ fn run_worker(
             pause: Some(Arc::clone(pause)),
             epochs: cfg.sink.epochs,
             batch: dataflows::source::read_batch(cfg.cluster.workers),
-            ..Default::default()
         };
         let out = build_pipeline(scope, source, source_cfg, cfg.bars.clone());
         let inputs = SinkInputs { trades: out.trades, quarantine: out.quarantine, gaps: out.gaps, bars: out.bars };
