@@ -71,7 +71,9 @@ pub fn clean(payload: Option<&[u8]>) -> Result<CleanTrade, Reason> {
     // field, trailing bytes, a non-object) is classified again by the visitor, which names
     // the reason.
     if let Some(f) = scan::trade(bytes) {
-        return validate(f.s, f.p, f.v, Some(f.t), f.c.map(Value::Strings));
+        // Scanned conditions are strings by construction; only the scalar rules remain.
+        let ts = check(f.s, f.p, f.v, Some(f.t))?;
+        return Ok(CleanTrade { symbol: Symbol::from(f.s), price: f.p, volume: f.v, ts, conditions: f.c });
     }
     if bytes.first() == Some(&b'{') {
         if let Ok(typed) = serde_json::from_slice::<TypedTrade<'_>>(bytes) {
@@ -188,7 +190,12 @@ impl RawTrade<'_> {
 
 /// A symbol is non-empty, at most [`MAX_SYMBOL_BYTES`] long, without control characters.
 pub(crate) fn valid_symbol(symbol: &str) -> bool {
-    !symbol.is_empty() && symbol.len() <= MAX_SYMBOL_BYTES && !symbol.chars().any(char::is_control)
+    // Printable ASCII is the usual case and needs no decoding; anything else (a byte that
+    // could start or continue a C1 control's UTF-8 encoding, or DEL) is decoded and asked.
+    let printable = |b: &u8| (0x20..0x7f).contains(b);
+    !symbol.is_empty()
+        && symbol.len() <= MAX_SYMBOL_BYTES
+        && (symbol.as_bytes().iter().all(printable) || !symbol.chars().any(char::is_control))
 }
 
 /// The value rules, in the order that names the reason, once every field has the right type.
@@ -200,6 +207,18 @@ fn validate(
     ts: Option<i64>,
     c: Option<Value<'_>>,
 ) -> Result<CleanTrade, Reason> {
+    let ts = check(symbol, price, volume, ts)?;
+    let conditions = match c {
+        None | Some(Value::Null) => None,
+        Some(Value::Strings(list)) => Some(list),
+        Some(_) => return Err(Reason::BadConditions),
+    };
+    Ok(CleanTrade { symbol: Symbol::from(symbol), price, volume, ts, conditions })
+}
+
+/// The rules on the scalar fields (every one before the conditions'), returning the time.
+#[inline]
+fn check(symbol: &str, price: f64, volume: f64, ts: Option<i64>) -> Result<i64, Reason> {
     if !valid_symbol(symbol) {
         return Err(Reason::BadSymbol);
     }
@@ -209,16 +228,10 @@ fn validate(
     if !(volume.is_finite() && volume >= 0.0) {
         return Err(Reason::BadVolume);
     }
-    let ts = match ts {
-        Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => ts,
-        _ => return Err(Reason::BadTimestamp),
-    };
-    let conditions = match c {
-        None | Some(Value::Null) => None,
-        Some(Value::Strings(list)) => Some(list),
-        Some(_) => return Err(Reason::BadConditions),
-    };
-    Ok(CleanTrade { symbol: Symbol::from(symbol), price, volume, ts, conditions })
+    match ts {
+        Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => Ok(ts),
+        _ => Err(Reason::BadTimestamp),
+    }
 }
 
 impl<'de> Deserialize<'de> for RawTrade<'de> {

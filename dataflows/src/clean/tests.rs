@@ -89,6 +89,10 @@ fn symbol_rules() {
     assert_eq!(reason(&with(&"X".repeat(MAX_SYMBOL_BYTES + 1))), Reason::BadSymbol);
     assert!(classify(&with(&"X".repeat(MAX_SYMBOL_BYTES))).is_ok());
     assert_eq!(classify(&with("BINANCE:BTCUSDT")).unwrap().symbol, "BINANCE:BTCUSDT");
+    // Controls outside C0 are controls too (DEL, NEL in C1); other non-ASCII text is not.
+    assert_eq!(reason(&with("AA\u{7f}PL")), Reason::BadSymbol);
+    assert_eq!(reason(&with("AA\u{85}PL")), Reason::BadSymbol);
+    assert_eq!(classify(&with("7203.T\u{a0}株")).unwrap().symbol, "7203.T\u{a0}株");
     // Escaped symbols are decoded, not kept verbatim.
     let escaped = r#"{"s":"A\u0041PL","p":1,"t":1763997374633,"v":1}"#;
     assert_eq!(classify(escaped).unwrap().symbol, "AAPL");
@@ -203,6 +207,13 @@ proptest! {
         if !bytes.is_empty() {
             prop_assert_eq!(clean(Some(&bytes)), classify_total(&bytes));
         }
+    }
+
+    /// The symbol rule's ASCII shortcut never disagrees with asking every character.
+    #[test]
+    fn symbol_rule_agrees_with_decoding_every_character(symbol in "\\PC{0,3}[\\x00-\\u{a0}]{0,3}\\PC{0,3}") {
+        let decoded = !symbol.is_empty() && symbol.len() <= MAX_SYMBOL_BYTES && !symbol.chars().any(char::is_control);
+        prop_assert_eq!(super::valid_symbol(&symbol), decoded, "{:?}", symbol);
     }
 
     #[test]
@@ -363,5 +374,17 @@ proptest! {
             // -0.0 == 0.0: the bits tell them apart.
             prop_assert_eq!((a.price.to_bits(), a.volume.to_bits()), (b.price.to_bits(), b.volume.to_bits()), "{}", json);
         }
+    }
+}
+
+proptest! {
+    /// The scanner's eight-digit steps read any run of digits as the plain loop does.
+    #[test]
+    fn digit_runs_read_as_one_at_a_time(digits in "[0-9]{1,19}", tail in "[^0-9]{0,3}") {
+        let text = format!("{digits}{tail}");
+        let mut reader = scan::Reader::new(text.as_bytes());
+        let (value, count) = reader.digits(0);
+        prop_assert_eq!(count, digits.len());
+        prop_assert_eq!(value, digits.parse::<u64>().unwrap());
     }
 }
