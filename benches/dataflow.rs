@@ -79,6 +79,19 @@ fn clean(c: &mut Criterion) {
     group.bench_function("parse_and_clean", |b| {
         b.iter(|| data.iter().filter(|p| dataflows::clean(Some(black_box(p))).is_ok()).count())
     });
+    // The two usual stock-trade shapes on their own: with a conditions list, and without
+    // (`"c":null`); crypto pairs (exponent volumes) and anomalies left out.
+    let has = |p: &[u8], needle: &[u8]| p.windows(needle.len()).any(|w| w == needle);
+    for (name, conditions) in [("usual_with_conditions", true), ("usual_without_conditions", false)] {
+        let shape: Vec<&Vec<u8>> = data
+            .iter()
+            .filter(|p| !has(p, b"BINANCE") && has(p, b"\"c\":[") == conditions && dataflows::clean(Some(p)).is_ok())
+            .collect();
+        group.throughput(Throughput::Elements(shape.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| shape.iter().filter(|p| dataflows::clean(Some(black_box(p))).is_ok()).count())
+        });
+    }
     group.finish();
 }
 
