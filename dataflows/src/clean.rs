@@ -71,9 +71,7 @@ pub fn clean(payload: Option<&[u8]>) -> Result<CleanTrade, Reason> {
     // field, trailing bytes, a non-object) is classified again by the visitor, which names
     // the reason.
     if let Some(f) = scan::trade(bytes) {
-        // Scanned conditions are strings by construction; only the scalar rules remain.
-        let ts = check(f.s, f.p, f.v, Some(f.t))?;
-        return Ok(CleanTrade { symbol: Symbol::from(f.s), price: f.p, volume: f.v, ts, conditions: f.c });
+        return validate(f.s, f.p, f.v, Some(f.t), f.c.map(Value::Strings));
     }
     if bytes.first() == Some(&b'{') {
         if let Ok(typed) = serde_json::from_slice::<TypedTrade<'_>>(bytes) {
@@ -207,18 +205,6 @@ fn validate(
     ts: Option<i64>,
     c: Option<Value<'_>>,
 ) -> Result<CleanTrade, Reason> {
-    let ts = check(symbol, price, volume, ts)?;
-    let conditions = match c {
-        None | Some(Value::Null) => None,
-        Some(Value::Strings(list)) => Some(list),
-        Some(_) => return Err(Reason::BadConditions),
-    };
-    Ok(CleanTrade { symbol: Symbol::from(symbol), price, volume, ts, conditions })
-}
-
-/// The rules on the scalar fields (every one before the conditions'), returning the time.
-#[inline]
-fn check(symbol: &str, price: f64, volume: f64, ts: Option<i64>) -> Result<i64, Reason> {
     if !valid_symbol(symbol) {
         return Err(Reason::BadSymbol);
     }
@@ -228,10 +214,16 @@ fn check(symbol: &str, price: f64, volume: f64, ts: Option<i64>) -> Result<i64, 
     if !(volume.is_finite() && volume >= 0.0) {
         return Err(Reason::BadVolume);
     }
-    match ts {
-        Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => Ok(ts),
-        _ => Err(Reason::BadTimestamp),
-    }
+    let ts = match ts {
+        Some(ts) if (MIN_TS_MS..MAX_TS_MS).contains(&ts) => ts,
+        _ => return Err(Reason::BadTimestamp),
+    };
+    let conditions = match c {
+        None | Some(Value::Null) => None,
+        Some(Value::Strings(list)) => Some(list),
+        Some(_) => return Err(Reason::BadConditions),
+    };
+    Ok(CleanTrade { symbol: Symbol::from(symbol), price, volume, ts, conditions })
 }
 
 impl<'de> Deserialize<'de> for RawTrade<'de> {

@@ -65,26 +65,9 @@ struct Batches {
     ticks: BTreeMap<Time, Vec<Tick>>,
     gaps: BTreeMap<Time, Vec<Gap>>,
     gap_ticks: BTreeMap<Time, Vec<GapTick>>,
-    /// Capacity of the first time's tick and trade batches: the largest tick batch of the
-    /// activation before. Nearly every activation fills one time, so its batches are
-    /// allocated once at their final size instead of growing (and copying) by doubling;
-    /// later times of the same activation grow as usual, so a spread never multiplies it.
-    expect: usize,
-    /// The time that was given `expect`.
-    sized: Option<Time>,
 }
 
 impl Batches {
-    /// Empty batches, sized by the largest tick batch of the previous activation.
-    fn after(previous: usize) -> Self {
-        Batches { expect: previous, ..Batches::default() }
-    }
-
-    /// The largest tick batch of this activation, for [`Batches::after`].
-    fn largest(&self) -> usize {
-        self.ticks.values().map(Vec::len).max().unwrap_or(0)
-    }
-
     /// `(time, records)` of every batch going down the pipeline: every record is a tick, a
     /// gap tick or a quarantine row (trades and gap rows are subsets of the ticks and gap ticks).
     fn sent(&self) -> Vec<(Time, usize)> {
@@ -97,17 +80,9 @@ impl Batches {
     fn place(&mut self, rec: &RawRecord<'_>, placed: Placed) {
         match placed {
             Placed::Trade { time, trade, watermark, committed } => {
-                let expect = match self.sized {
-                    None => {
-                        self.sized = Some(time);
-                        self.expect
-                    }
-                    Some(sized) if sized == time => self.expect,
-                    Some(_) => 0,
-                };
-                self.ticks.entry(time).or_insert_with(|| Vec::with_capacity(expect)).push(Tick::new(&trade, watermark));
+                self.ticks.entry(time).or_default().push(Tick::new(&trade, watermark));
                 if !committed {
-                    self.trades.entry(time).or_insert_with(|| Vec::with_capacity(expect)).push(trade);
+                    self.trades.entry(time).or_default().push(trade);
                 }
             }
             Placed::Gap { time, gap, tick, committed } => {
@@ -203,7 +178,6 @@ pub fn log_source<'scope, S: RecordSource>(
         let mut board = Board::default();
         let (mut published, mut seq): (Option<(Option<Time>, bool)>, u64) = (None, 0);
         let mut delivered: Vec<i32> = Vec::new();
-        let mut largest = 0;
 
         // A source with no partitions yet (more workers than partitions) keeps its
         // capabilities: partitions added to the log later are its to read. Until then it
@@ -244,7 +218,7 @@ pub fn log_source<'scope, S: RecordSource>(
             }
 
             let cx = Context { time: &time_cfg, bars: &bars, epochs: &cfg.epochs, commit, floor };
-            let mut out = Batches::after(largest);
+            let mut out = Batches::default();
             let polled = source.poll(cfg.batch, &mut |rec: RawRecord<'_>| {
                 if delivered.last() != Some(&rec.partition) {
                     delivered.push(rec.partition);
@@ -262,7 +236,6 @@ pub fn log_source<'scope, S: RecordSource>(
             for (time, n) in out.sent() {
                 lead.sent(time, n);
             }
-            largest = out.largest();
             give(&mut trades_out, trades_cap, out.trades);
             give(&mut ticks_out, ticks_cap, out.ticks);
             give(&mut quarantine_out, quarantine_cap, out.quarantine);
